@@ -1,0 +1,44 @@
+"""napari-qlty: tile, clean and stitch volumes larger than a GPU.
+
+Cut an (N, C, *spatial) tensor into overlapping windows, run any model on them, and
+blend the outputs back::
+
+    import torch
+    from napari_qlty import Grid, Weighting, extract, stitch, infer
+
+    x = torch.randn(1, 1, 236, 720, 510)                   # (N, C, Z, Y, X)
+    grid = Grid(x.shape[2:], window=128, step=108, border=10)
+    patches = extract(x, grid)                              # (70, 1, 128, 128, 128)
+    y = stitch(model(patches), grid, Weighting("border", border_weight=0.0))
+
+    # or in bounded memory, batch by batch, on a GPU:
+    y = infer(model, x, grid, Weighting("gaussian"), batch_size=8, device="cuda")
+
+Sparse labels become training pairs with :func:`clean_pairs`; qlty users switch with
+``from napari_qlty.compat import NCZYXQuilt``.
+"""
+
+from .clean import IGNORE, PairStatistics, TrainingPairs, clean_pairs
+from .grid import Grid, Window
+from .infer import infer
+from .stitch import Accumulator, stitch
+from .tiles import extract, extract_lazy
+from .weights import Weighting, WindowWeights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IGNORE",
+    "Accumulator",
+    "Grid",
+    "PairStatistics",
+    "TrainingPairs",
+    "Weighting",
+    "Window",
+    "WindowWeights",
+    "clean_pairs",
+    "extract",
+    "extract_lazy",
+    "infer",
+    "stitch",
+]

@@ -1,0 +1,271 @@
+"""Weighting windows for stitching: border bands and smooth tapers.
+
+Every built-in weighting is a sum of two separable products of 1D profiles::
+
+    w(x) = bw * prod_a taper_a(x_a)  +  (1 - bw) * prod_a (inside_a(x_a) * taper_a(x_a))
+
+where ``inside_a`` is 0 in the border band of axis ``a`` and 1 elsewhere, ``bw`` is the
+border weight and ``taper`` is 1 (``"border"``, qlty's weighting), a gaussian, a Hann or a
+linear ramp. Because the windows form a Cartesian grid, the total weight (the
+normaliser) is the same two products of per-axis sums, so it is known exactly for any
+region without a pass over the windows, and a border that leaves a voxel with no
+weight is found per axis before any work is done.
+
+Window faces that lie on the volume's edge are not down-weighted: no other window can
+take over there, so the half of the profile on that side is flat at 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .grid import Grid
+
+Mode = Literal["border", "gaussian", "hann", "linear", "map"]
+MODES = ("border", "gaussian", "hann", "linear", "map")
+EdgeClass = tuple[tuple[bool, bool], ...]
+
+
+@dataclass(frozen=True)
+class Weighting:
+    """How much each voxel of a window counts when windows are blended.
+
+    ``mode``: ``"border"`` (1 inside, ``border_weight`` in the border band: qlty's),
+    ``"gaussian"`` (sigma = ``sigma`` x window, as nnU-Net and MONAI), ``"hann"``,
+    ``"linear"`` (a ramp over the border band, or half the window without one), or
+    ``"map"`` (``weight_map``, one array of the window's shape, used as given).
+    The border band (``Grid.border``) multiplies every taper by ``border_weight``.
+    """
+
+    mode: Mode = "border"
+    border_weight: float = 1.0
+    sigma: float = 0.125
+    weight_map: torch.Tensor | np.ndarray | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"weighting mode must be one of {MODES}, got {self.mode!r}")
+        bw = float(self.border_weight)
+        if not (math.isfinite(bw) and 0.0 <= bw <= 1.0):
+            raise ValueError(f"border_weight must be in [0, 1], got {self.border_weight}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma must be > 0 (a fraction of the window), got {self.sigma}")
+        if (self.mode == "map") != (self.weight_map is not None):
+            raise ValueError("weight_map is required with mode='map' and only then")
+        if self.weight_map is not None:
+            m = torch.as_tensor(np.asarray(self.weight_map, dtype=np.float64))
+            if not torch.isfinite(m).all() or (m < 0).any():
+                raise ValueError("weight_map must be finite and >= 0 everywhere")
+            if not (m > 0).any():
+                raise ValueError("weight_map is zero everywhere: every voxel would get no weight")
+
+
+def taper(mode: str, size: int, border: int, sigma: float) -> np.ndarray:
+    """The 1D taper of one axis, peak 1, strictly positive."""
+    i = np.arange(size, dtype=np.float64)
+    if mode == "border":
+        return np.ones(size)
+    if mode == "gaussian":
+        centre = (size - 1) / 2
+        s = max(sigma * size, 1e-3)
+        p = np.exp(-0.5 * ((i - centre) / s) ** 2)
+    elif mode == "hann":
+        # sampled at voxel centres, so never exactly 0 at the window's edge
+        p = np.sin(np.pi * (i + 0.5) / size) ** 2
+    elif mode == "linear":
+        ramp = border if border > 0 else max(size // 2, 1)
+        p = np.minimum(np.minimum(i + 1, size - i) / (ramp + 1), 1.0)
+    else:  # pragma: no cover - guarded by Weighting
+        raise ValueError(mode)
+    p = np.maximum(p, np.finfo(np.float64).tiny)
+    return p / p.max()
+
+
+def profiles(
+    mode: str, size: int, border: int, sigma: float, low_edge: bool, high_edge: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(taper, inside * taper) for one axis, flattened on faces that lie on the volume edge."""
+    t = taper(mode, size, border, sigma)
+    inside = np.ones(size)
+    if border:
+        inside[:border] = 0.0
+        inside[size - border :] = 0.0
+    half_low, half_high = (size + 1) // 2, size // 2
+    if low_edge:
+        t[:half_low] = 1.0
+        inside[:half_low] = 1.0
+    if high_edge:
+        t[half_high:] = 1.0
+        inside[half_high:] = 1.0
+    return t, inside * t
+
+
+def outer(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The N-d outer product of 1D tensors."""
+    out = vectors[0]
+    for v in vectors[1:]:
+        out = out.unsqueeze(-1) * v
+    return out
+
+
+class WindowWeights:
+    """The weights of every window of one grid, and their sum over the volume.
+
+    Window weights depend only on which faces lie on the volume's edge (at most 4 classes
+    per axis), so they are built once per class, kept in a small cache, and every
+    weighting costs the same when stitching.
+    """
+
+    def __init__(self, grid: Grid, weighting: Weighting = Weighting(), cache_bytes: int = 64 << 20):
+        self.grid = grid
+        self.weighting = weighting
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._tail_key: tuple | None = None
+        self._tail: tuple[torch.Tensor, torch.Tensor] = ()  # type: ignore[assignment]
+        bw = float(weighting.border_weight)
+        self.bw = bw
+        low, high = grid.edge_flags()
+        self.window_classes: list[EdgeClass] = [
+            tuple((bool(lo), bool(hi)) for lo, hi in zip(lrow, hrow)) for lrow, hrow in zip(low, high)
+        ]
+        if weighting.mode == "map":
+            m = np.asarray(weighting.weight_map, dtype=np.float64)
+            if m.shape != grid.window:
+                raise ValueError(
+                    f"weight_map has shape {m.shape} but the window is {grid.window}"
+                )
+            self._map = torch.from_numpy(m)
+            self._norm_map = self._accumulate_map_norm()
+            return
+        # per axis: 1D profiles per edge class, and their sums over the axis
+        self._profiles: list[dict[tuple[bool, bool], tuple[np.ndarray, np.ndarray]]] = []
+        self._sum_a: list[np.ndarray] = []
+        self._sum_b: list[np.ndarray] = []
+        for axis, (size, w, b, origins) in enumerate(
+            zip(grid.padded_shape, grid.window, grid.border, grid.axis_origins)
+        ):
+            per_class = {}
+            sum_a, sum_b = np.zeros(size), np.zeros(size)
+            for k, o in enumerate(origins):
+                cls = (k == 0, k == len(origins) - 1)
+                if cls not in per_class:
+                    per_class[cls] = profiles(weighting.mode, w, b, weighting.sigma, *cls)
+                a, bb = per_class[cls]
+                sum_a[o : o + w] += a
+                sum_b[o : o + w] += bb
+            self._profiles.append(per_class)
+            self._sum_a.append(sum_a)
+            self._sum_b.append(sum_b)
+            covered = sum_b if bw == 0.0 else sum_a
+            if covered.min() <= 0:
+                bad = int(np.argmin(covered))
+                raise ValueError(
+                    f"border[{axis}]={b} with border_weight=0 leaves voxels with no weight "
+                    f"(axis {axis}, index {bad}): neighbouring windows' border bands meet; "
+                    f"need step[{axis}] <= window[{axis}] - 2*border[{axis}] = {w - 2 * b} "
+                    f"(got {grid.step[axis]}), or a border_weight > 0"
+                )
+
+    @property
+    def uniform(self) -> bool:
+        """True when every window weighs 1 everywhere (nothing to multiply)."""
+        return self.weighting.mode == "border" and (self.bw == 1.0 or not any(self.grid.border))
+
+    def class_of(self, position_in_image: int) -> EdgeClass:
+        return self.window_classes[position_in_image]
+
+    def for_class(self, cls: EdgeClass, device=None, dtype=torch.float32) -> torch.Tensor:
+        """The weight array of one window class, on ``device``."""
+        key = (cls, str(device), dtype)
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        if self.weighting.mode == "map":
+            w = self._map.to(device=device, dtype=dtype)
+        else:
+            per_axis = [self._profiles[a][c] for a, c in enumerate(cls)]
+            w = self._combine([p[0] for p in per_axis], [p[1] for p in per_axis], device, dtype)
+        self._cache[key] = w
+        while len(self._cache) > 2 and sum(
+            t.numel() * t.element_size() for t in self._cache.values()
+        ) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return w
+
+    def for_window(self, position_in_image: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        return self.for_class(self.class_of(position_in_image), device, dtype)
+
+    def norm(
+        self,
+        start: Sequence[int] | None = None,
+        stop: Sequence[int] | None = None,
+        device=None,
+        dtype=torch.float32,
+    ) -> torch.Tensor:
+        """Total weight over the box ``[start, stop)`` of the (padded) volume.
+
+        Built from the leading axis' 1D sums and a cached product over the other axes,
+        so normalising row blocks costs one small broadcast per block.
+        """
+        start = tuple(start) if start is not None else (0,) * self.grid.ndim
+        stop = tuple(stop) if stop is not None else self.grid.padded_shape
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        if self.weighting.mode == "map":
+            return self._norm_map[box].to(device=device, dtype=dtype)
+        key = (box[1:], str(device), dtype)
+        if self._tail_key != key:
+            self._tail = tuple(
+                outer([torch.as_tensor(s[sl], dtype=dtype, device=device) for s, sl in zip(sums[1:], box[1:])])
+                if self.grid.ndim > 1
+                else torch.ones((), dtype=dtype, device=device)
+                for sums in (self._sum_a, self._sum_b)
+            )
+            self._tail_key = key
+        tail_a, tail_b = self._tail
+        shape = (-1,) + (1,) * (self.grid.ndim - 1)
+
+        def lead(sums):
+            return torch.as_tensor(sums[0][box[0]], dtype=dtype, device=device).view(shape)
+
+        bw = self.bw
+        if bw == 1.0:
+            return lead(self._sum_a) * tail_a
+        if bw == 0.0:
+            return lead(self._sum_b) * tail_b
+        return (bw * lead(self._sum_a)) * tail_a + ((1.0 - bw) * lead(self._sum_b)) * tail_b
+
+    def _combine(self, a_vectors, b_vectors, device, dtype) -> torch.Tensor:
+        # combine in float64, then cast: weights are exact to the output's precision
+        def tensors(vs):
+            return [torch.as_tensor(v, dtype=torch.float64, device=device) for v in vs]
+
+        bw = self.bw
+        if bw == 1.0:
+            out = outer(tensors(a_vectors))
+        elif bw == 0.0:
+            out = outer(tensors(b_vectors))
+        else:
+            out = bw * outer(tensors(a_vectors)) + (1.0 - bw) * outer(tensors(b_vectors))
+        return out.to(dtype)
+
+    def _accumulate_map_norm(self) -> torch.Tensor:
+        norm = torch.zeros(self.grid.padded_shape, dtype=torch.float64)
+        for origin in self.grid.origins():
+            sl = tuple(slice(int(o), int(o) + w) for o, w in zip(origin, self.grid.window))
+            norm[sl] += self._map
+        if norm.min() <= 0:
+            where = tuple(int(i) for i in np.unravel_index(int(torch.argmin(norm)), norm.shape))
+            raise ValueError(
+                f"weight_map leaves voxels with no weight (first at {where}); make the map "
+                f"positive near its edges or use a smaller step"
+            )
+        return norm
