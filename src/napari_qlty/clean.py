@@ -177,8 +177,24 @@ def clean_pairs(
     labelled voxels left are dropped. ``image`` and ``labels`` may be tensors, numpy
     arrays or lazy arrays (zarr, dask): only kept windows are read.
     """
-    if int(min_labelled) != min_labelled or min_labelled < 1:
-        raise ValueError(f"min_labelled must be an int >= 1, got {min_labelled}")
+    labels = as_label_volume(labels, grid)
+    if tuple(image.shape[:1]) != tuple(labels.shape[:1]):
+        raise ValueError(f"image has {image.shape[0]} images but labels have {labels.shape[0]}")
+    kept, stats = select_windows(labels, grid, ignore_label=ignore_label, min_labelled=min_labelled)
+    images, label_windows = cut_pairs(image, labels, grid, kept, ignore_label=ignore_label)
+    return TrainingPairs(
+        images=images,
+        labels=label_windows,
+        indices=kept,
+        origins=grid.origins()[kept % len(grid)] if len(kept) else np.zeros((0, grid.ndim), np.int64),
+        stats=stats,
+        ignore_label=ignore_label,
+        grid=grid,
+    )
+
+
+def as_label_volume(labels, grid: Grid):
+    """Labels as (N, *spatial): a channel axis of 1 is dropped (lazily for lazy arrays)."""
     lshape = tuple(labels.shape)
     if len(lshape) == 2 + grid.ndim and lshape[1] == 1:
         labels = labels[:, 0] if isinstance(labels, (torch.Tensor, np.ndarray)) else _Squeezed(labels)
@@ -189,12 +205,21 @@ def clean_pairs(
             f"{tuple(labels.shape)}"
         )
     grid.check_image_shape(lshape[1:], "labels")
-    if tuple(image.shape[:1]) != lshape[:1]:
-        raise ValueError(f"image has {image.shape[0]} images but labels have {lshape[0]}")
-    n_images = lshape[0]
+    return labels
 
+
+def select_windows(
+    labels, grid: Grid, *, ignore_label: int | float = IGNORE, min_labelled: int = 1
+) -> tuple[np.ndarray, PairStatistics]:
+    """Flat indices of the windows with at least ``min_labelled`` labels, and the statistics.
+
+    Reads the labels once (slab by slab for lazy arrays); cuts nothing.
+    """
+    if isinstance(min_labelled, bool) or int(min_labelled) != min_labelled or min_labelled < 1:
+        raise ValueError(f"min_labelled must be an int >= 1, got {min_labelled}")
+    labels = as_label_volume(labels, grid)
     coords, values = labelled_coordinates(labels, ignore_label)
-    per_window = labelled_per_window(grid, coords, n_images)
+    per_window = labelled_per_window(grid, coords, labels.shape[0])
     kept = np.nonzero(per_window >= min_labelled)[0]
     classes, class_counts = np.unique(values, return_counts=True)
     stats = PairStatistics(
@@ -203,24 +228,27 @@ def clean_pairs(
         labelled_voxels={_py(c): int(n) for c, n in zip(classes, class_counts)},
         labelled_in_kept=int(per_window[kept].sum()),
     )
-    images = _cut(image, grid, kept)
-    label_windows = _cut(_with_channel(labels), grid, kept)[:, 0]
+    return kept, stats
+
+
+def cut_pairs(
+    image, labels, grid: Grid, indices: np.ndarray, *, ignore_label: int | float = IGNORE
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image windows (K, C, *window) and label windows (K, *window) with the band marked."""
+    labels = as_label_volume(labels, grid)
+    images = _cut(image, grid, indices)
+    label_windows = _cut(_with_channel(labels), grid, indices)[:, 0]
+    for axis, (size, padded) in enumerate(zip(grid.shape, grid.padded_shape)):
+        if padded > size:  # padding was never observed
+            label_windows[(slice(None),) * (1 + axis) + (slice(size, None),)] = ignore_label
     if any(grid.border):
         masks: dict[int, torch.Tensor] = {}
-        for j, index in enumerate(kept):
+        for j, index in enumerate(indices):
             position = int(index) % len(grid)
             if position not in masks:
                 masks[position] = band_mask(grid, position)
             label_windows[j][masks[position]] = ignore_label
-    return TrainingPairs(
-        images=images,
-        labels=label_windows,
-        indices=kept,
-        origins=grid.origins()[kept % len(grid)] if len(kept) else np.zeros((0, grid.ndim), np.int64),
-        stats=stats,
-        ignore_label=ignore_label,
-        grid=grid,
-    )
+    return images, label_windows
 
 
 def _py(value):

@@ -237,6 +237,18 @@ class Grid:
             return np.zeros(0, dtype=np.int64)
         return np.ravel_multi_index([m.reshape(-1) for m in mesh], self.counts)
 
+    def seams(self) -> tuple[np.ndarray, ...]:
+        """Per axis, where neighbouring windows hand over: the middle of each overlap.
+
+        Symmetric weightings weigh both neighbours equally there, so these are the
+        lines where a stitching artefact would show (the paper's Figure 2).
+        """
+        out = []
+        for origins, w, size in zip(self.axis_origins, self.window, self.shape):
+            mids = (origins[:-1] + w + origins[1:]) / 2.0
+            out.append(mids[mids < size])
+        return tuple(out)
+
     def check_image_shape(self, spatial: Sequence[int], what: str = "tensor") -> None:
         if tuple(spatial) != self.shape:
             raise ValueError(

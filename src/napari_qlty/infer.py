@@ -14,7 +14,7 @@ import torch
 
 from .grid import Grid
 from .stitch import Accumulator, accumulation_dtype, check_patches
-from .tiles import check_volume, pad_far_end, window_slices
+from .tiles import as_tensor, check_volume, pad_far_end, window_slices
 from .weights import Weighting, WindowWeights
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -61,8 +61,7 @@ def infer(
     ``postprocess`` (e.g. ``lambda y: y.softmax(1)``) is applied to each batch of outputs
     before blending. Each window goes through the model exactly once.
     """
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+    x = as_tensor(x)
     check_volume(x, grid, "input")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

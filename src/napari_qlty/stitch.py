@@ -90,26 +90,36 @@ class Accumulator:
         Raises ``ValueError`` if any value is NaN or infinite (a model output went wrong).
         """
         out = self.sum
-        size = out.shape[2:]
-        rows = max(1, NORMALISE_BLOCK // max(1, math.prod(size[1:])))
-        bad = torch.zeros((), dtype=torch.bool, device=out.device)
-        for r0 in range(0, size[0], rows):
-            r1 = min(r0 + rows, size[0])
-            start = (self.start[0] + r0, *self.start[1:])
-            stop = (self.start[0] + r1, *self.stop[1:])
-            block = out[:, :, r0:r1]
-            block.div_(self.weights.norm(start, stop, device=out.device, dtype=out.dtype))
-            bad |= ~torch.isfinite(block.detach().sum(dtype=torch.float64))
-        if bool(bad):
-            raise ValueError(
-                "stitched result holds NaN or infinite values: the model produced NaN/inf "
-                "for at least one window"
-            )
+        normalise_(out, self.weights, self.start)
         if crop:
             keep = tuple(slice(0, max(0, min(b, s) - a)) for a, b, s in zip(self.start, self.stop, self.grid.shape))
             out = out[(slice(None), slice(None), *keep)]
         self.sum = None  # type: ignore[assignment]
         return out
+
+
+def normalise_(sums: torch.Tensor, weights: WindowWeights, start: Sequence[int]) -> torch.Tensor:
+    """Divide weighted sums (N, C, *box), box at ``start``, by the total weight, in place.
+
+    Works in row blocks so the weight block stays small. Raises ``ValueError`` if any
+    value is NaN or infinite (a model output went wrong).
+    """
+    size = sums.shape[2:]
+    rows = max(1, NORMALISE_BLOCK // max(1, math.prod(size[1:])))
+    bad = torch.zeros((), dtype=torch.bool, device=sums.device)
+    for r0 in range(0, size[0], rows):
+        r1 = min(r0 + rows, size[0])
+        block_start = (start[0] + r0, *start[1:])
+        block_stop = (start[0] + r1, *(a + s for a, s in zip(start[1:], size[1:])))
+        block = sums[:, :, r0:r1]
+        block.div_(weights.norm(block_start, block_stop, device=sums.device, dtype=sums.dtype))
+        bad |= ~torch.isfinite(block.detach().sum(dtype=torch.float64))
+    if bool(bad):
+        raise ValueError(
+            "stitched result holds NaN or infinite values: the model produced NaN/inf "
+            "for at least one window"
+        )
+    return sums
 
 
 def check_patches(patches: torch.Tensor, grid: Grid, channels: int | None = None) -> None:

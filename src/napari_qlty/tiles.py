@@ -63,13 +63,21 @@ def window_slices(grid: Grid, indices: Sequence[int] | np.ndarray) -> list[tuple
     return out
 
 
+def as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """A tensor view of an in-memory array (copied only if numpy strides are negative)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if any(s < 0 for s in x.strides):
+        x = np.ascontiguousarray(x)
+    return torch.from_numpy(x)
+
+
 def extract(x: torch.Tensor | np.ndarray, grid: Grid, indices=None) -> torch.Tensor:
     """Windows of an in-memory (N, C, *spatial) tensor: (M, C, *window), dtype and device kept.
 
     ``indices`` selects flat window indices (default: all, in grid order). Gradients flow.
     """
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+    x = as_tensor(x)
     check_volume(x, grid)
     if indices is None:
         indices = np.arange(x.shape[0] * len(grid))

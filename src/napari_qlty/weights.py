@@ -31,6 +31,7 @@ from .grid import Grid
 Mode = Literal["border", "gaussian", "hann", "linear", "map"]
 MODES = ("border", "gaussian", "hann", "linear", "map")
 EdgeClass = tuple[tuple[bool, bool], ...]
+TAPER_FLOOR = 1e-6
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,9 @@ def taper(mode: str, size: int, border: int, sigma: float) -> np.ndarray:
         p = np.minimum(np.minimum(i + 1, size - i) / (ramp + 1), 1.0)
     else:  # pragma: no cover - guarded by Weighting
         raise ValueError(mode)
-    p = np.maximum(p, np.finfo(np.float64).tiny)
-    return p / p.max()
+    p = p / p.max()
+    # a floor that survives float32 even as a product over 4 axes (1e-24 > float32's tiny)
+    return np.maximum(p, TAPER_FLOOR)
 
 
 def profiles(
@@ -131,6 +133,8 @@ class WindowWeights:
         self._tail_key: tuple | None = None
         self._tail: tuple[torch.Tensor, torch.Tensor] = ()  # type: ignore[assignment]
         bw = float(weighting.border_weight)
+        if not any(grid.border):
+            bw = 1.0  # no band: both products are the same, use one (exact)
         self.bw = bw
         low, high = grid.edge_flags()
         self.window_classes: list[EdgeClass] = [
@@ -177,7 +181,7 @@ class WindowWeights:
     @property
     def uniform(self) -> bool:
         """True when every window weighs 1 everywhere (nothing to multiply)."""
-        return self.weighting.mode == "border" and (self.bw == 1.0 or not any(self.grid.border))
+        return self.weighting.mode == "border" and self.bw == 1.0
 
     def class_of(self, position_in_image: int) -> EdgeClass:
         return self.window_classes[position_in_image]

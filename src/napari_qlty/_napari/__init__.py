@@ -1,0 +1,11 @@
+"""The napari plugin: widgets, reader and writer over the napari-qlty engine.
+
+Nothing here computes tiles, weights or statistics: the widgets collect parameters,
+call the engine (:mod:`napari_qlty.grid`, :mod:`~napari_qlty.clean`,
+:mod:`~napari_qlty.export`, :mod:`~napari_qlty.predict`) off the GUI thread, and show
+the results as layers. Widgets are imported by napari on demand (see ``napari.yaml``).
+"""
+
+from ._registry import register_model, registered_models, unregister_model
+
+__all__ = ["register_model", "registered_models", "unregister_model"]

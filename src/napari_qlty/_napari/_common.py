@@ -1,0 +1,229 @@
+"""Small helpers shared by the widgets: parsing fields, reading layer geometry, formatting.
+
+Nothing here computes anything the engine computes: these functions only translate
+between what a napari layer or a text field holds and what the engine's functions take.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+#: axis letters of a layer with this many (non-RGB) dimensions, as the engine's sources name them
+AXES_FOR_NDIM = {1: "x", 2: "yx", 3: "zyx", 4: "tzyx"}
+
+#: the paper's purple for seams (Figure 2), and colours for window outlines
+SEAM_COLOR = "#b31bff"
+WINDOW_COLORS = (
+    "#ffd21f",  # yellow
+    "#21d4fd",  # cyan
+    "#ff7a1f",  # orange
+    "#5cff6b",  # green
+    "#ff4f9a",  # pink
+    "#ffffff",  # white
+)
+DROPPED_COLOR = (0.55, 0.55, 0.55, 0.45)
+
+ERROR_STYLE = "color: #ff6b6b;"
+OK_STYLE = ""
+
+
+# -- fields ------------------------------------------------------------------------------
+def parse_per_axis(text: str, name: str, ndim: int | None = None) -> int | tuple[int, ...]:
+    """``"64"`` -> 64, ``"32, 64, 64"`` (or ``32 x 64 x 64``) -> (32, 64, 64).
+
+    Raises ValueError with a message meant for the person typing.
+    """
+    parts = [p for p in re.split(r"[,\s;xX×]+", str(text).strip()) if p]
+    if not parts:
+        raise ValueError(f"{name}: enter a number, or one number per axis separated by commas")
+    values = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            raise ValueError(f"{name}: {p!r} is not a number") from None
+        if not v.is_integer():
+            raise ValueError(f"{name}: {p!r} must be a whole number of voxels")
+        values.append(int(v))
+    if len(values) == 1:
+        return values[0]
+    if ndim is not None and len(values) != ndim:
+        raise ValueError(
+            f"{name}: {len(values)} values given but the image has {ndim} axes; "
+            f"give one value for all axes or {ndim} values"
+        )
+    return tuple(values)
+
+
+def parse_optional_per_axis(text: str, name: str, ndim: int) -> tuple[int, ...] | None:
+    """Like :func:`parse_per_axis` but empty means None and one value is repeated."""
+    if not str(text).strip():
+        return None
+    value = parse_per_axis(text, name, ndim)
+    return (value,) * ndim if isinstance(value, int) else value
+
+
+def format_per_axis(value) -> str:
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    values = tuple(int(v) for v in value)
+    if len(set(values)) == 1:
+        return str(values[0])
+    return ", ".join(map(str, values))
+
+
+# -- layers ------------------------------------------------------------------------------
+def level0(layer):
+    """The full-resolution data of a layer (level 0 of a multiscale layer)."""
+    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+
+
+def spatial_shape(layer) -> tuple[int, ...]:
+    """The layer's shape over its (non-RGB) axes, from metadata only (nothing is read)."""
+    shape = tuple(int(s) for s in level0(layer).shape)
+    if getattr(layer, "rgb", False):
+        shape = shape[:-1]
+    return shape
+
+
+def source_axes(layer) -> str:
+    """Axis letters of the layer's data for :func:`napari_qlty.sources.open_source`."""
+    ndim = len(spatial_shape(layer))
+    if ndim not in AXES_FOR_NDIM:
+        raise ValueError(f"layer {layer.name!r} has {ndim} axes; napari-qlty tiles 1 to 4")
+    axes = AXES_FOR_NDIM[ndim]
+    return axes + "c" if getattr(layer, "rgb", False) else axes
+
+
+def spatial_transform(layer) -> dict:
+    """scale and translate of the layer over its spatial axes (for layers we add)."""
+    return {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+
+
+class TrainingLabels:
+    """A napari labels array seen as the engine's training labels, lazily.
+
+    napari's convention is 0 = unlabelled, 1.. = classes; the engine's is -1 = unlabelled
+    (``IGNORE``), 0.. = classes, with a leading image axis. This view is (1, *shape)
+    int16 holding ``data - 1``; nothing is read until a box is asked for, so zarr- or
+    dask-backed labels stay on disk.
+    """
+
+    def __init__(self, data) -> None:
+        self.data = data
+        self.shape = (1, *(int(s) for s in data.shape))
+        self.dtype = np.dtype("int16")
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0], key[1:]
+        if isinstance(first, slice):
+            if range(*first.indices(1)) != range(1):
+                raise IndexError("TrainingLabels holds one image")
+        elif first not in (0, -1):
+            raise IndexError(f"image index {first} is out of range (one image)")
+        block = np.asarray(self.data[rest] if rest else self.data[...])
+        block = block.astype(np.int16) - 1
+        return block[None] if isinstance(first, slice) else block
+
+
+class ChannelView:
+    """``array[index]`` of a zarr array, lazily: a read-only array-like for napari.
+
+    Used to show one image and one class of a prediction store (N, C, *spatial) while
+    it is being written: every slice napari asks for is read from the store at that
+    moment, so ``layer.refresh()`` shows newly finished regions (no cache in between).
+    """
+
+    def __init__(self, array, index: tuple[int, ...]) -> None:
+        self.array = array
+        self.index = tuple(int(i) for i in index)
+        self.shape = tuple(int(s) for s in array.shape[len(self.index):])
+        self.dtype = np.dtype(str(array.dtype))
+        self.ndim = len(self.shape)
+        self.size = math.prod(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            fill = (slice(None),) * (self.ndim - (len(key) - 1))
+            key = key[:i] + fill + key[i + 1 :]
+        key = tuple(int(k) if isinstance(k, (np.integer,)) else k for k in key)
+        return np.asarray(self.array[(*self.index, *key)])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[...]
+        return out.astype(dtype) if dtype is not None else out
+
+
+# -- paths -------------------------------------------------------------------------------
+def default_output_dir() -> Path:
+    """``<temp>/napari-qlty``: where outputs go when no path is chosen."""
+    return Path(tempfile.gettempdir()) / "napari-qlty"
+
+
+def default_path(layer_name: str | None, suffix: str) -> Path:
+    stem = re.sub(r"[^\w.-]+", "_", layer_name or "image").strip("_") or "image"
+    return default_output_dir() / f"{stem}-{suffix}.zarr"
+
+
+def is_blank_path(path) -> bool:
+    return path is None or str(path).strip() in ("", ".")
+
+
+def resolve_path(path, layer_name: str | None, suffix: str) -> Path:
+    """The chosen path, or the default one in the temp folder (its folder is created)."""
+    p = default_path(layer_name, suffix) if is_blank_path(path) else Path(os.path.expanduser(str(path)))
+    if p.suffix != ".zarr":
+        p = p.with_name(p.name + ".zarr")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# -- text --------------------------------------------------------------------------------
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(max(0.0, seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a label: the exception's message (its type when there is none)."""
+    message = str(exc).strip()
+    return message if message else type(exc).__name__
+
+
+def notify_error(exc: BaseException | str) -> None:
+    """Show an error in the viewer's notification area (and log it)."""
+    from napari.utils.notifications import show_error
+
+    show_error(f"napari-qlty: {error_text(exc) if isinstance(exc, BaseException) else exc}")
+
+
+def notify_info(text: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(f"napari-qlty: {text}")
+
+
+def thousands(n: int) -> str:
+    return f"{int(n):,}"
+
+
+def join_counts(counts: Sequence[int]) -> str:
+    return " × ".join(str(int(c)) for c in counts)

@@ -1,0 +1,234 @@
+"""Reader: zarr folders (plain, OME-Zarr multiscale, napari-qlty outputs) and MRC files.
+
+Nothing is loaded up front: zarr data become dask arrays (one task per chunk), a
+multiscale OME-Zarr image becomes a multiscale layer (napari reads the level it shows),
+and MRC files are memory-mapped. napari-qlty's own folders open as what they hold:
+
+* a prediction (``napari-qlty/prediction/1``): the probability map of each class as an
+  Image layer, and the predicted labels as a Labels layer;
+* sparse labels made by the labelling widget (``napari-qlty/labels/1``): a Labels layer
+  that keeps saving as you paint, with its class names;
+* exported training pairs (``napari-qlty/training-pairs/1``): the image windows and
+  their labels (0 = unobserved), stacked along a first axis.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import _labels_store as labels_store
+
+MRC_SUFFIXES = (".mrc", ".rec", ".map", ".mrcs", ".st", ".ali")
+PREDICTION_FORMAT = "napari-qlty/prediction/1"
+PAIRS_FORMAT = "napari-qlty/training-pairs/1"
+
+
+def get_reader(path) -> Callable | None:
+    """napari's reader hook: a function for a path we can read, else None."""
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    path = os.fspath(path)
+    name = path.rstrip("/\\").lower()
+    if name.endswith(MRC_SUFFIXES) and os.path.isfile(path):
+        return read_mrc
+    if name.endswith(".zarr") or _is_zarr_dir(path):
+        if os.path.isdir(path):
+            return read_zarr
+    return None
+
+
+def _is_zarr_dir(path: str) -> bool:
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zarray", ".zgroup")
+    )
+
+
+# -- zarr ------------------------------------------------------------------------------------
+def read_zarr(path) -> list[tuple]:
+    import zarr
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = os.fspath(path)
+    node = zarr.open(path, mode="r")
+    name = Path(path.rstrip("/\\")).stem
+    if isinstance(node, zarr.Array):
+        if labels_store.is_labels_store(path):
+            return [_qlty_labels(path, name)]
+        return [_plain_array(node, path, name)]
+    attrs = dict(node.attrs)
+    meta = attrs.get("napari_qlty")
+    if isinstance(meta, dict) and meta.get("format") == PREDICTION_FORMAT:
+        return _prediction(node, path, name)
+    if isinstance(meta, dict) and meta.get("format") == PAIRS_FORMAT:
+        return _pairs(node, path, name)
+    if _multiscales(attrs):
+        layers = [_ome_multiscale(node, path, name, attrs)]
+        if "labels" in node:
+            layers += _ome_labels(node, path)
+        return layers
+    layers = []
+    for key, child in sorted(node.arrays()):
+        layers.append(_plain_array(child, path, f"{name}/{key}", component=key))
+    if not layers:
+        raise ValueError(f"{path} is a zarr group without arrays or multiscale images")
+    return layers
+
+
+def _dask(path: str, component: str | None = None):
+    import dask.array as da
+
+    return da.from_zarr(path, component=component or None)
+
+
+def _plain_array(arr, path: str, name: str, component: str | None = None) -> tuple:
+    data = _dask(path, component)
+    dims = getattr(arr.metadata, "dimension_names", None) or ()
+    kwargs: dict = {"name": name}
+    dims = [str(d).lower() if d is not None else "" for d in dims]
+    if "c" in dims and len(dims) == data.ndim and data.ndim >= 3:
+        kwargs["channel_axis"] = dims.index("c")
+    kind = "labels" if np.dtype(str(arr.dtype)).kind in "ui" and arr.attrs.get("image-label") else "image"
+    return data, kwargs, kind
+
+
+def _qlty_labels(path: str, name: str) -> tuple:
+    """Our labels folder, opened for writing: painting keeps saving to it."""
+    meta = labels_store.read_meta(path) or {}
+    arr = labels_store.open_existing(path)
+    kwargs: dict = {"name": name, "features": labels_store.features_table(labels_store.stored_classes(meta))}
+    if meta.get("scale") and len(meta["scale"]) == arr.ndim:
+        kwargs["scale"] = tuple(meta["scale"])
+    if meta.get("translate") and len(meta["translate"]) == arr.ndim:
+        kwargs["translate"] = tuple(meta["translate"])
+    return arr, kwargs, "labels"
+
+
+def _prediction(group, path: str, name: str) -> list[tuple]:
+    import dask.array as da
+
+    layers = []
+    if "probabilities" in group:
+        probs = da.from_zarr(path, component="probabilities")
+        if probs.shape[0] == 1:
+            probs = probs[0]
+            channels = probs.shape[0]
+            if channels == 1:
+                layers.append((probs[0], {"name": f"{name} · P", "colormap": "magma", "contrast_limits": (0, 1)}, "image"))
+            else:
+                layers.append((probs, {
+                    "name": [f"{name} · P(class {c})" for c in range(channels)],
+                    "channel_axis": 0, "colormap": "magma", "blending": "additive",
+                    "visible": [c == 1 for c in range(channels)],
+                }, "image"))
+        else:  # several images: (N, C, ...) with the class as channel
+            layers.append((probs, {"name": f"{name} · P", "channel_axis": 1, "colormap": "magma"}, "image"))
+    if "labels" in group:
+        labels = da.from_zarr(path, component="labels")
+        if labels.shape[0] == 1:
+            labels = labels[0]
+        layers.append((labels, {"name": f"{name} · labels", "opacity": 0.5}, "labels"))
+    if not layers:
+        raise ValueError(f"{path} is a napari-qlty prediction without probabilities or labels")
+    return layers
+
+
+def _pairs(group, path: str, name: str) -> list[tuple]:
+    """Training pairs: images (K, C, *w) and labels (K, *w) with -1 shown as 0 (unobserved)."""
+    images = _dask(path, "images")
+    labels = _dask(path, "labels")
+    kwargs: dict = {"name": f"{name} · windows"}
+    if images.shape[1] > 1:
+        kwargs["channel_axis"] = 1
+    else:
+        images = images[:, 0]
+    return [
+        (images, kwargs, "image"),
+        ((labels.astype("int16") + 1).astype("uint16"), {"name": f"{name} · labels (0 = unobserved)"}, "labels"),
+    ]
+
+
+# -- OME-Zarr ---------------------------------------------------------------------------------
+def _multiscales(attrs: dict) -> dict | None:
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and ome.get("multiscales"):
+        return ome["multiscales"][0]
+    if attrs.get("multiscales"):
+        return attrs["multiscales"][0]
+    return None
+
+
+def _ome_multiscale(group, path: str, name: str, attrs: dict, kind: str = "image") -> tuple:
+    """One multiscale layer; scale and translation of level 0 from the engine's reading."""
+    from ..sources import open_source
+
+    ms = _multiscales(attrs)
+    datasets = [d["path"] for d in ms["datasets"]]
+    levels = [_dask(path, p if not group.path else f"{group.path}/{p}") for p in datasets]
+    source = open_source(path if not group.path else os.path.join(path, group.path), level=0)
+    stored = source.stored_axes
+    spatial = [a for a in "tzyx" if a in stored]
+    scale, translate = [], []
+    for a in stored:
+        if a == "c":
+            continue
+        if a in spatial and source.spacing is not None:
+            scale.append(source.spacing[spatial.index(a)])
+        else:
+            scale.append(1.0)
+        if a in spatial and source.offset is not None:
+            translate.append(source.offset[spatial.index(a)])
+        else:
+            translate.append(0.0)
+    kwargs: dict = {
+        "name": ms.get("name") or name,
+        "multiscale": len(levels) > 1,
+        "scale": tuple(scale),
+        "translate": tuple(translate),
+    }
+    data = levels if len(levels) > 1 else levels[0]
+    if "c" in stored and kind == "image":
+        kwargs["channel_axis"] = stored.index("c")
+    return data, kwargs, kind
+
+
+def _ome_labels(group, path: str) -> list[tuple]:
+    labels_group = group["labels"]
+    names = dict(labels_group.attrs).get("labels") or []
+    out = []
+    for label_name in names:
+        try:
+            child = labels_group[label_name]
+            out.append(_ome_multiscale(child, path, label_name, dict(child.attrs), kind="labels"))
+        except Exception:  # noqa: BLE001 - a broken label image does not hide the image
+            continue
+    return out
+
+
+# -- MRC --------------------------------------------------------------------------------------
+def read_mrc(path) -> list[tuple]:
+    """An MRC volume, memory-mapped (only the planes shown are read), voxel size in Å."""
+    import mrcfile
+
+    from ..sources import open_source
+
+    if isinstance(path, (list, tuple)):
+        path = path[0]
+    path = os.fspath(path)
+    with mrcfile.mmap(path, mode="r", permissive=True) as mrc:
+        dtype = mrc.data.dtype
+        shape = mrc.data.shape
+        offset = mrc.header.nbytes + mrc.extended_header.nbytes
+    data = np.memmap(path, dtype=dtype, mode="r", offset=int(offset), shape=shape)
+    source = open_source(path)
+    kwargs: dict = {"name": Path(path).stem}
+    if source.spacing is not None and len(source.spacing) == data.ndim:
+        kwargs["scale"] = tuple(source.spacing)
+        kwargs["metadata"] = {"unit": "angstrom"}
+    return [(data, kwargs, "image")]

@@ -1,0 +1,216 @@
+"""The output store of a prediction: a zarr v3 group that knows how it was made.
+
+Layout of ``OUTPUT.zarr``::
+
+    probabilities   (N, C_out, *spatial) float32|float16   blended class probabilities
+    labels          (N, *spatial) uint8                     argmax over classes
+    progress        (N, *regions) uint8, one chunk each     1 where a region is final
+    spills/...      partial sums a region hands to its higher neighbours (deleted at the end)
+
+Attributes ``napari_qlty``: the format, the parameters that define the result (input,
+model, grid, weighting, outputs), the region layout, and ``complete``. A rerun with the
+same parameters resumes (finished regions are skipped); other parameters are refused;
+a path holding anything else is not touched without ``overwrite``. Every region is a
+whole number of chunks and is written by one task only, so writers never share a chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from zarr.codecs import BloscCodec
+
+FORMAT = "napari-qlty/prediction/1"
+ATTRS_KEY = "napari_qlty"
+FAST_CODEC = BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")
+
+
+class StoreError(ValueError):
+    """The output path cannot be used as asked (other data, other parameters)."""
+
+
+def canonical(params: dict) -> dict:
+    """Parameters as they round-trip through JSON (tuples become lists)."""
+    return json.loads(json.dumps(params, sort_keys=True, default=_jsonable))
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (tuple, np.ndarray)):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {value!r}")
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: stored {va!r}, now {vb!r}")
+    return out
+
+
+class OutputStore:
+    """Open (or create) the store at ``path`` for a run with ``params``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.group = zarr.open_group(str(self.path), mode="r+")
+        self.meta = dict(self.group.attrs[ATTRS_KEY])
+
+    # -- opening --------------------------------------------------------------------
+    @classmethod
+    def open_for_run(
+        cls,
+        path: str | Path,
+        params: dict,
+        layout: dict,
+        *,
+        overwrite: bool = False,
+    ) -> OutputStore:
+        """Create the store, or reopen it to resume the same run.
+
+        ``params`` define the result and must match to resume; ``layout`` (shapes,
+        chunks, regions) is taken from the store when resuming.
+        """
+        path = Path(path)
+        params = canonical(params)
+        if path.exists():
+            meta = read_meta(path)
+            if meta is None:
+                if not overwrite:
+                    raise StoreError(
+                        f"{path} exists and is not a napari-qlty prediction; it is left untouched "
+                        f"(choose another output path, or pass --overwrite to replace it)"
+                    )
+            elif meta.get("params") == params:
+                return cls(path)
+            elif not overwrite:
+                diff = "; ".join(differences(meta.get("params", {}), params)) or "unknown"
+                raise StoreError(
+                    f"{path} holds a prediction made with other parameters ({diff}); "
+                    f"refusing to resume it (choose another output path, or pass --overwrite)"
+                )
+            remove(path)
+        return cls._create(path, params, canonical(layout))
+
+    @classmethod
+    def _create(cls, path: Path, params: dict, layout: dict) -> OutputStore:
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        n, c_out = layout["n_images"], layout["channels"]
+        spatial, chunks = tuple(layout["shape"]), tuple(layout["chunks"])
+        axes = layout.get("axes") or [f"d{i}" for i in range(len(spatial))]
+        if layout["probabilities"]:
+            group.create_array(
+                "probabilities",
+                shape=(n, c_out, *spatial),
+                chunks=(1, c_out, *chunks),
+                dtype=layout["dtype"],
+                compressors=FAST_CODEC,
+                fill_value=0,
+                dimension_names=["n", "c", *axes],
+            )
+        if layout["labels"]:
+            group.create_array(
+                "labels",
+                shape=(n, *spatial),
+                chunks=(1, *chunks),
+                dtype="uint8",
+                compressors=FAST_CODEC,
+                fill_value=0,
+                dimension_names=["n", *axes],
+            )
+        group.create_array(
+            "progress",
+            shape=(n, *layout["region_counts"]),
+            chunks=(1,) * (1 + len(spatial)),
+            dtype="uint8",
+            fill_value=0,
+        )
+        group.require_group("spills")
+        # the attributes go last: a store without them is never taken for a finished one
+        group.attrs[ATTRS_KEY] = {"format": FORMAT, "params": params, "layout": layout, "complete": False}
+        return cls(path)
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def layout(self) -> dict:
+        return self.meta["layout"]
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    def finished_regions(self) -> set[tuple[int, ...]]:
+        done = np.asarray(self.group["progress"][...])
+        return {tuple(int(i) for i in idx) for idx in np.argwhere(done == 1)}
+
+    def mark_finished(self, region: Sequence[int]) -> None:
+        self.group["progress"][tuple(region)] = 1
+
+    def mark_complete(self) -> None:
+        self.meta["complete"] = True
+        self.group.attrs[ATTRS_KEY] = self.meta
+        spills = self.path / "spills"
+        if spills.exists():
+            shutil.rmtree(spills, ignore_errors=True)
+
+    # -- data ------------------------------------------------------------------------
+    def write_region(self, n: int, start: Sequence[int], probabilities: torch.Tensor) -> None:
+        """Write the final (C_out, *box) probabilities of one region of image ``n``."""
+        box = tuple(slice(a, a + s) for a, s in zip(start, probabilities.shape[1:]))
+        if "probabilities" in self.group:
+            arr = self.group["probabilities"]
+            arr[(n, slice(None), *box)] = probabilities.to(dtype=_torch_dtype(arr.dtype)).cpu().numpy()
+        if "labels" in self.group:
+            labels = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
+            self.group["labels"][(n, *box)] = labels
+
+    def write_spill(self, key: str, data: torch.Tensor) -> None:
+        arr = self.group.create_array(
+            f"spills/{key}", shape=data.shape, chunks=data.shape, dtype="float32",
+            compressors=None, fill_value=0, overwrite=True,
+        )
+        arr[...] = data.detach().to(torch.float32).cpu().numpy()
+
+    def read_spill(self, key: str) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(self.group[f"spills/{key}"][...]))
+
+    def delete_spill(self, key: str) -> None:
+        shutil.rmtree(self.path / "spills" / key, ignore_errors=True)
+
+
+def read_meta(path: str | Path) -> dict | None:
+    """The napari-qlty attributes of ``path``, or None if it is not one of our stores."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:
+        return None
+    meta = group.attrs.get(ATTRS_KEY)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        return None
+    return dict(meta)
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+    return {np.dtype("float16"): torch.float16, np.dtype("float32"): torch.float32}.get(
+        np.dtype(str(dtype)), torch.float32
+    )
