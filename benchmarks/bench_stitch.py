@@ -135,7 +135,11 @@ class PeakRSS:
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def delta(self) -> int:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        # VmHWM, not ru_maxrss, once clear_refs worked: ru_maxrss never drops below the
+        # high-water mark that exec inherited from the parent (the driver, torch imported),
+        # which would hide every peak smaller than the driver's own RSS
+        hwm = _status_kib("VmHWM") if self.cleared else None
+        peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return max(0, peak - self.base_kib) * 1024
 
 
@@ -493,8 +497,8 @@ def table(results: list[dict]) -> str:
     untiled = {r["workload"]: r.get("median_s") for r in results
                if r["method"] == "untiled" and r.get("status") == "ok"}
     lines = [
-        "| method | workload | model | median s | × clone | × ours | × untiled | peak Δmem MiB | notes |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| method | workload | model | median s | min s | × clone | × ours | × untiled | peak Δmem MiB | notes |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         med = r.get("median_s")
@@ -516,10 +520,110 @@ def table(results: list[dict]) -> str:
         x_unt = med / ref_u if ok and ref_u else None
         lines.append(
             f"| {r['method']} | {r['workload']} | {r['model']} | "
-            f"{fmt(med, '.3f') if ok else r.get('status', '?')} | {fmt(x_clone)} | {fmt(x_ours)} | "
+            f"{fmt(med, '.3f') if ok else r.get('status', '?')} | "
+            f"{fmt(min(r['times']) if ok and r.get('times') and not r.get('extrapolated') else None, '.3f')} | "
+            f"{fmt(x_clone)} | {fmt(x_ours)} | "
             f"{fmt(x_unt)} | {fmt(mem, '.0f')} | {'; '.join(notes)} |"
         )
     return "\n".join(lines)
+
+
+def bound_mib(name: str, batch_size: int = 0) -> float:
+    """Output + two batches (windows in, outputs out), MiB: the target for ours' peak Δmem."""
+    wl = WORKLOADS[name]
+    bs = batch_size or wl["batch_size"]
+    vol = math.prod(wl["shape"]) * 4 / MIB
+    return vol + 2 * bs * wl["shape"][1] * wl["window"] ** (len(wl["shape"]) - 2) * 4 / MIB
+
+
+def targets(results: list[dict], batch_size: int = 0) -> list[str]:
+    """The project's targets, each checked against this run: one line per target."""
+    by = {(r["workload"], r["model"], r["method"]): r for r in results}
+
+    def med(wl, model, method):
+        r = by.get((wl, model, method))
+        return r["median_s"] if r and r.get("status") == "ok" and r.get("median_s") else None
+
+    def mem(wl, model, method):
+        r = by.get((wl, model, method))
+        if not r or r.get("status") != "ok":
+            return None
+        return r.get("peak_gpu_mib", r.get("peak_rss_mib"))
+
+    def verdict(pairs, ok):
+        pairs = [p for p in pairs if p[1] is not None]
+        if not pairs:
+            return "not measured"
+        bad = [p for p in pairs if not ok(p[1])]
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in pairs)
+        return ("MET" if not bad else f"MISSED ({len(bad)} of {len(pairs)})") + f": {shown}"
+
+    wls = sorted({r["workload"] for r in results})
+    models = [m for m in MODELS if any(r["model"] == m for r in results)]
+    ours = [f"ours-infer-{m}" for m in MODES]
+    out = []
+    # 1. within 3x the clone floor (the floor of a data-movement-only method: identity model)
+    pairs = []
+    for wl in wls:
+        for m in ours:
+            r = by.get((wl, "identity", m))
+            if r and r.get("status") == "ok" and r.get("clone_s"):
+                pairs.append((f"{wl}/{m.removeprefix('ours-infer-')}", r["median_s"] / r["clone_s"]))
+    out.append("- ours ≤ 3× the clone floor (identity model, every weighting; × clone): "
+               + verdict(pairs, lambda v: v <= 3))
+    # 2. as fast as MONAI everywhere; 5. with conv no slower than MONAI
+    for model in models:
+        pairs = []
+        for wl in wls:
+            for ours_m, monai_m in (("ours-infer-border", "monai-constant"),
+                                    ("ours-infer-gaussian", "monai-gaussian")):
+                a, b = med(wl, model, ours_m), med(wl, model, monai_m)
+                if a and b:
+                    pairs.append((f"{wl}/{monai_m.removeprefix('monai-')}", b / a))
+        out.append(f"- ours at least as fast as MONAI, {model} model (MONAI time / ours; ≥ 1 wanted): "
+                   + verdict(pairs, lambda v: v >= 1))
+    pairs = []
+    for model in models:
+        for ours_m, monai_m in (("ours-infer-border", "monai-constant"),
+                                ("ours-infer-gaussian", "monai-gaussian")):
+            a, b = med("3d", model, ours_m), med("3d", model, monai_m)
+            if a and b:
+                pairs.append((f"{model}/{monai_m.removeprefix('monai-')}", b / a))
+    out.append("- ours 1.5× ahead of MONAI in 3D (MONAI / ours; ≥ 1.5 wanted): "
+               + verdict(pairs, lambda v: v >= 1.5))
+    # 3. 3x ahead of qlty in memory; 4. 50x ahead of qlty Large
+    for peer, want, label in (("qlty-mem", 3, "in-memory (3D: the padded run)"),
+                              ("qlty-large", 50, "Large (extrapolated)")):
+        pairs = []
+        for wl in wls:
+            for model in models:
+                a = med(wl, model, OURS_REF)
+                b = med(wl, model, peer)
+                if b is None and peer == "qlty-mem":
+                    b = med(wl, model, "qlty-mem-padded")
+                if a and b:
+                    pairs.append((f"{wl}/{model}", b / a))
+        out.append(f"- ours {want}× ahead of qlty {label} (qlty / ours border): "
+                   + verdict(pairs, lambda v, w=want: v >= w))
+    # 6. memory: no more than MONAI's, and at most output + two batches
+    pairs_monai, pairs_bound = [], []
+    for wl in wls:
+        for model in models:
+            mm = [mem(wl, model, m) for m in ("monai-constant", "monai-gaussian")]
+            mm = [v for v in mm if v is not None]
+            for m in ours:
+                v = mem(wl, model, m)
+                if v is None:
+                    continue
+                if mm:
+                    pairs_monai.append((f"{wl}/{model}/{m.removeprefix('ours-infer-')}", v / min(mm)))
+                pairs_bound.append((f"{wl}/{model}/{m.removeprefix('ours-infer-')}",
+                                    v / bound_mib(wl, batch_size)))
+    out.append("- ours' peak Δmem ≤ MONAI's (ours / MONAI's smaller; ≤ 1 wanted): "
+               + verdict(pairs_monai, lambda v: v <= 1))
+    out.append("- ours' peak Δmem ≤ output + 2 batches (ours / that bound; ≤ 1 wanted; the "
+               "conv model's own workspace counts too): " + verdict(pairs_bound, lambda v: v <= 1))
+    return out
 
 
 def memory_bounds(workloads, batch_size: int = 0) -> list[str]:
@@ -643,7 +747,8 @@ def main(argv=None) -> int:
     workloads = sorted({j[1] for j in jobs})
     out = ["## Tiled inference benchmark", "", *info, "", table(results), "",
            MEM_NOTE,
-           *memory_bounds(workloads, args.batch_size), ""]
+           *memory_bounds(workloads, args.batch_size), "", "Targets:",
+           *targets(results, args.batch_size), ""]
     print("\n".join(out), flush=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -659,7 +764,8 @@ def render(path: str, batch_size: int = 0) -> str:
     return "\n".join(["## Tiled inference benchmark", "", *data["header"], "",
                       table(data["results"]), "",
                       MEM_NOTE,
-                      *memory_bounds(workloads, batch_size), ""])
+                      *memory_bounds(workloads, batch_size), "", "Targets:",
+                      *targets(data["results"], batch_size), ""])
 
 
 if __name__ == "__main__":

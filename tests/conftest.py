@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from napari_qlty import Grid, Weighting
+
+# Test modules import these helpers as ``from engine_testing import ...``: the name
+# ``conftest`` is ambiguous once another test folder has its own conftest.py.
+sys.modules.setdefault("engine_testing", sys.modules[__name__])
 
 MODES = ("border", "gaussian", "hann", "linear", "map")
 TAPER_MODES = ("border", "gaussian", "hann", "linear")
@@ -187,7 +191,8 @@ def ref_taper(mode: str, size: int, border: int, sigma: float) -> np.ndarray:
         p = np.clip(np.minimum(i + 1, size - i) / (ramp + 1), 0, 1)
     else:
         raise AssertionError(mode)
-    return p / p.max()
+    # floored so that tails stay positive in float32 (see weights.TAPER_FLOOR)
+    return np.maximum(p / p.max(), 1e-6)
 
 
 def ref_inside(size: int, border: int, low_edge: bool, high_edge: bool) -> np.ndarray:
@@ -253,8 +258,3 @@ def brute_norm(grid: Grid, weight_of) -> np.ndarray:
 def brute_band_mask(grid: Grid, position: int) -> np.ndarray:
     """True in the border band of window ``position``, except on faces on the volume edge."""
     return ~qlty_window_weight(grid, 0.0, position).astype(bool)
-
-
-@pytest.fixture
-def rng():
-    return np.random.default_rng(12345)

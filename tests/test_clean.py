@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import brute_band_mask, brute_extract, fast, grid_specs, random_volume, seeds
+from engine_testing import brute_band_mask, brute_extract, fast, grid_specs, random_volume, seeds
 from hypothesis import given
 from hypothesis import strategies as st
 

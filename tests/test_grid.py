@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from engine_testing import (
     brute_axis_origins,
     brute_extract,
     brute_origins,

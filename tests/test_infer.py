@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import fast, grid_specs, random_volume, seeds, weightings
+from engine_testing import fast, grid_specs, random_volume, seeds, weightings
 from hypothesis import given
 from hypothesis import strategies as st
 

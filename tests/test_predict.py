@@ -16,7 +16,7 @@ import zarr
 
 from napari_qlty import Grid, Weighting, infer
 from napari_qlty.models import ModelSpec
-from napari_qlty.predict import Regions, iter_predict, plan_region_size, predict
+from napari_qlty.predict import Regions, iter_predict, plan_region_size, predict, region_cost
 from napari_qlty.store import StoreError, read_meta
 
 
@@ -66,11 +66,10 @@ def plan_budget_for(grid, region):
 
 
 def plan_bytes(grid, size, c_in=1, c_out=2, batch=3):
+    """The planner's bytes for ``size``, with the batch at its floor (tiny models)."""
     import math
 
-    box = math.prod(min(s + w, p) for s, w, p in zip(size, grid.window, grid.padded_shape))
-    core = math.prod(min(s, p) for s, p in zip(size, grid.padded_shape))
-    return box * 4 * (c_in + c_out) + core * (4 * c_out + 1) * 2 + batch * math.prod(grid.window) * (c_in + c_out) * 16
+    return region_cost(grid, size, c_in, c_out) + batch * math.prod(grid.window) * 4 * (c_in + 2) * 8
 
 
 def test_every_window_owned_once():
@@ -89,7 +88,7 @@ def test_threads_equal_sequential(tmp_path, volume):
     grid = Grid(x.shape[2:], window=12, step=8, border=2)
     model = conv_model()
     kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", chunks=(8, 8, 8),
-                  memory_budget=plan_bytes(grid, (8, 8, 8)))
+                  memory_budget=plan_bytes(grid, (8, 8, 8), batch=4))
     predict(model, src, grid, tmp_path / "a.zarr", **kwargs)
     predict(model, src, grid, tmp_path / "b.zarr", workers=2, **kwargs)
     a = zarr.open_group(str(tmp_path / "a.zarr"))["probabilities"][...]
@@ -145,7 +144,7 @@ KILL_SCRIPT = textwrap.dedent(
     src, model, out, slow = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     grid = Grid((37, 45, 29), window=12, step=8, border=2)
     for event in iter_predict(ModelSpec(model), src, grid, out, weighting=Weighting("border", 0.0),
-                              device="cpu", chunks=(8, 8, 8), memory_budget=500_000):
+                              device="cpu", chunks=(8, 8, 8), memory_budget=1_000_000):
         print(event.kind, event.regions_done, event.regions_total, flush=True)
         time.sleep(slow)
     """
@@ -204,6 +203,8 @@ def test_distributed_cluster_equals_local(tmp_path, volume):
 
 def test_plan_region_size_respects_budget():
     grid = Grid((236, 720, 510), window=128, step=108, border=10)
-    size = plan_region_size(grid, (64, 64, 64), 1, 2, 4, 512 << 20)
+    size = plan_region_size(grid, (64, 64, 64), 1, 2, 100 << 20, 512 << 20)
     assert all(s % 64 == 0 for s in size)
-    assert plan_bytes(grid, size, batch=4) <= 512 << 20
+    assert region_cost(grid, size, 1, 2) + (100 << 20) <= 512 << 20
+    with pytest.raises(ValueError, match="memory budget 64 MiB is too small.*batch"):
+        plan_region_size(grid, (64, 64, 64), 1, 2, 100 << 20, 64 << 20)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import (
+from engine_testing import (
     brute_norm,
     brute_origins,
     fast,

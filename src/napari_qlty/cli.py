@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--postprocess", choices=["softmax", "sigmoid"], default=None)
     p.add_argument("--outputs", choices=["both", "probabilities", "labels"], default="both")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    p.add_argument("--chunks", type=int_or_tuple, default=None,
+                   help="output chunk edge per axis (default 128 in 3D, 1024 in 2D)")
     p.add_argument("--workers", type=int, default=1, help="regions run at once on local threads")
     p.add_argument("--scheduler", default=None, help="a dask scheduler address (tcp://host:8786)")
     p.add_argument("--overwrite", action="store_true", help="replace whatever is at OUTPUT")
@@ -124,6 +126,10 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _per_axis(value, ndim: int) -> tuple[int, ...]:
+    return (value,) * ndim if isinstance(value, int) else tuple(value)
+
+
 def cmd_predict(args) -> int:
     from .models import ModelSpec
     from .predict import iter_predict
@@ -150,6 +156,7 @@ def cmd_predict(args) -> int:
         memory_budget=args.memory_budget, probabilities=args.outputs in ("both", "probabilities"),
         labels=args.outputs in ("both", "labels"), dtype=args.dtype, postprocess=args.postprocess,
         workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
+        chunks=None if args.chunks is None else _per_axis(args.chunks, grid.ndim),
     ):
         if event.kind == "start":
             print(f"input  {src.describe()}")

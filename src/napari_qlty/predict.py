@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import resource
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -125,35 +126,64 @@ def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(edge, s) for s in shape)
 
 
+def region_cost(grid: Grid, size: Sequence[int], channels_in: int, channels_out: int) -> int:
+    """Bytes a region task holds besides its batches: the input box (read, then copied
+    into a tensor), the weighted sums over the box, and the final values and labels."""
+    box = math.prod(min(s + w, p) for s, w, p in zip(size, grid.window, grid.padded_shape))
+    core = math.prod(min(s, p) for s, p in zip(size, grid.padded_shape))
+    return box * 4 * (2 * channels_in + channels_out) + core * (8 * channels_out + 9)
+
+
 def plan_region_size(
     grid: Grid,
     chunks: Sequence[int],
     channels_in: int,
     channels_out: int,
-    batch_size: int,
+    batch_bytes: int,
     budget_bytes: int,
 ) -> tuple[int, ...]:
     """The largest chunk-aligned region whose working set fits ``budget_bytes``.
 
-    Working set: the input box, the weighted sums over the box, the region's final
-    values and labels, and two batches of windows in and out (with room for the
-    model's activations).
+    ``batch_bytes`` is what one batch costs inside the model (measured). Raises a clear
+    error when even a one-chunk region does not fit.
     """
     size = [math.ceil(p / c) * c for p, c in zip(grid.padded_shape, chunks)]
-
-    def cost(size) -> int:
-        box = math.prod(min(s + w, p) for s, w, p in zip(size, grid.window, grid.padded_shape))
-        core = math.prod(min(s, p) for s, p in zip(size, grid.padded_shape))
-        batch = batch_size * math.prod(grid.window) * (channels_in + channels_out) * 4 * 4
-        return box * 4 * (channels_in + channels_out) + core * (4 * channels_out + 1) * 2 + batch
-
-    while cost(size) > budget_bytes:
+    while region_cost(grid, size, channels_in, channels_out) + batch_bytes > budget_bytes:
         shrinkable = [a for a in range(grid.ndim) if size[a] > chunks[a]]
         if not shrinkable:
-            break
+            need = region_cost(grid, size, channels_in, channels_out) + batch_bytes
+            raise ValueError(
+                f"memory budget {budget_bytes / 2**20:.0f} MiB is too small for windows "
+                f"{'x'.join(map(str, grid.window))} (one region and one batch need about "
+                f"{need / 2**20:.0f} MiB, of which {batch_bytes / 2**20:.0f} MiB for the batch); "
+                f"raise the budget, or lower the batch size or the chunk size"
+            )
         axis = max(shrinkable, key=lambda a: (size[a] / chunks[a], -a))
         size[axis] = max(chunks[axis], (size[axis] // 2) // chunks[axis] * chunks[axis])
     return tuple(size)
+
+
+def batch_bytes(model, channels_in: int, window: Sequence[int], batch_size: int, device: torch.device) -> int:
+    """Memory one batch takes inside the model: measured on one window, scaled.
+
+    CUDA: the peak allocated while the window runs. CPU: the growth of the process'
+    peak resident set (0 when an earlier peak hides it), never less than the window in
+    and out plus generous room for activations.
+    """
+    voxels = math.prod(window)
+    floor = voxels * 4 * (channels_in + 2) * 8
+    x = torch.zeros((1, channels_in, *window), device=device)
+    with torch.no_grad():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            model(x)
+            measured = torch.cuda.max_memory_allocated(device) - before
+        else:
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            model(x)
+            measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return batch_size * max(measured, floor)
 
 
 # -- one task ------------------------------------------------------------------------------
@@ -333,6 +363,7 @@ def iter_predict(
     live_model = load_model(model, dev) if isinstance(model, ModelSpec) else model
     channels_out = check_model_output(live_model, src.shape[1], grid.window, dev)
     budget = parse_bytes(memory_budget) or min(4 << 30, available_memory() // 2)
+    per_batch = batch_bytes(live_model, src.shape[1], grid.window, batch_size, dev)
     chunks = tuple(chunks) if chunks is not None else default_chunks(grid.shape)
     if len(chunks) != grid.ndim or min(chunks) < 1:
         raise ValueError(f"chunks must be {grid.ndim} positive ints, got {chunks}")
@@ -352,7 +383,7 @@ def iter_predict(
         "channels": channels_out,
         "shape": grid.shape,
         "chunks": chunks,
-        "region": plan_region_size(grid, chunks, src.shape[1], channels_out, batch_size, budget),
+        "region": plan_region_size(grid, chunks, src.shape[1], channels_out, per_batch, budget),
         "region_counts": None,
         "probabilities": probabilities,
         "labels": labels,

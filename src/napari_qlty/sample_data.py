@@ -36,7 +36,7 @@ PAPER_SHAPE: tuple[int, int, int] = (236, 720, 510)
 """(Z, Y, X) of the paper's tomogram (86.7 M voxels)."""
 
 DEFAULT_SHAPE: tuple[int, int, int] = (64, 192, 160)
-"""Small default that builds in well under a second or two on 2 CPU cores."""
+"""Small default (2 M voxels) that builds in under a second on 2 CPU cores."""
 
 IGNORE: int = -1
 """Annotation value for "unlabelled" voxels."""
@@ -51,7 +51,8 @@ _TARGET_FILAMENT_FRACTION = 0.035
 _BG_PER_FILAMENT = 28.0
 # Annotated slices per orientation.
 _SLICES_PER_ORIENTATION = 2
-# Background strokes stay at least this many voxels (Chebyshev) away from any filament.
+# Background strokes keep clear of filament: no filament voxel within this Chebyshev
+# distance in 3-D (so every stroke voxel is >= 3 voxels from the nearest filament).
 _STROKE_CLEARANCE = 2
 # Amplitude of the smooth background relative to the filament contrast.
 _BACKGROUND_AMPLITUDE = 0.25

@@ -8,6 +8,7 @@ closed form (see :mod:`napari_qlty.weights`), so only the weighted sum is summed
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -17,8 +18,9 @@ import torch
 from .grid import Grid
 from .weights import Weighting, WindowWeights
 
-#: voxels divided at a time when normalising (keeps the norm block small and cache-warm)
-NORMALISE_BLOCK = 1 << 18
+#: voxels of total weight built at a time when normalising: few, large operations
+#: (robust to a loaded machine) while the weight block stays a small part of the output
+NORMALISE_BLOCK = 1 << 22
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -52,6 +54,7 @@ class Accumulator:
             raise ValueError(f"region [{self.start}, {self.stop}) is empty")
         self.sum = torch.zeros((n_images, channels, *size), dtype=dtype, device=device)
         self._origins = grid.origins()
+        self._placement: dict[int, tuple[tuple[slice, ...], tuple[slice, ...]] | None] = {}
 
     def add(self, patches: torch.Tensor, indices: Sequence[int] | np.ndarray) -> None:
         """Add windows ``patches`` (M, C, *window) with flat indices ``indices``."""
@@ -69,20 +72,71 @@ class Accumulator:
         n, k = divmod(index, len(self.grid))
         if not 0 <= n < self.n_images:
             raise IndexError(f"window index {index} is for image {n}, outside [0, {self.n_images})")
-        src, dst = [], []
-        for o, w, a, b in zip(self._origins[k].tolist(), self.grid.window, self.start, self.stop):
-            lo, hi = max(o, a), min(o + w, b)
-            if lo >= hi:
-                return
-            src.append(slice(lo - o, hi - o))
-            dst.append(slice(lo - a, hi - a))
+        if k not in self._placement:
+            self._placement[k] = self._place(k)
+        placement = self._placement[k]
+        if placement is None:
+            return
+        src, dst = placement
         target = self.sum[(n, slice(None), *dst)]
         part = patch[(slice(None), *src)]
         if self.weights.uniform:
             target.add_(part)
         else:
             w = self.weights.for_window(k, device=patch.device, dtype=self.sum.dtype)
-            target.addcmul_(part, w[tuple(src)])
+            target.addcmul_(part, w[src])
+
+    def add_grid(self, patches: torch.Tensor) -> None:
+        """Add the windows of whole images, (N * len(grid), C, *window), in grid order.
+
+        Windows are added in lattice groups (see :func:`lattice_groups`): one strided
+        view of the sums and one of the patches per group, so a 2D image of hundreds of
+        windows costs a handful of operations.
+        """
+        grid = self.grid
+        if self.start != (0,) * grid.ndim or self.stop != grid.padded_shape:
+            raise ValueError("add_grid needs an accumulator over the whole volume")
+        per_image = len(grid)
+        check_patches(patches, grid, self.channels)
+        if patches.shape[0] != self.n_images * per_image:
+            raise ValueError(f"expected {self.n_images * per_image} patches, got {patches.shape[0]}")
+        pos_stride = [math.prod(grid.counts[a + 1 :]) for a in range(grid.ndim)]
+        acc, ps = self.sum, patches.stride()
+        for group in lattice_groups(grid):
+            cls = tuple((r.start == 0, r.start == c - 1) for r, c in zip(group, grid.counts))
+            lens = [len(r) for r in group]
+            origin = [int(o[r.start]) for o, r in zip(grid.axis_origins, group)]
+            win_shape = (patches.shape[1], *grid.window)
+            w = None if self.weights.uniform else self.weights.for_class(cls, patches.device, acc.dtype)
+            for n in range(self.n_images):
+                target = acc.as_strided(
+                    (*lens, *win_shape),
+                    (*(r.step * st * acc.stride(2 + a) for a, (r, st) in enumerate(zip(group, grid.step))),
+                     *acc.stride()[1:]),
+                    acc.storage_offset() + n * acc.stride(0)
+                    + sum(o * acc.stride(2 + a) for a, o in enumerate(origin)),
+                )
+                part = patches.as_strided(
+                    (*lens, *win_shape),
+                    (*(r.step * p * ps[0] for r, p in zip(group, pos_stride)), *ps[1:]),
+                    patches.storage_offset()
+                    + (n * per_image + sum(r.start * p for r, p in zip(group, pos_stride))) * ps[0],
+                )
+                if w is None:
+                    target.add_(part)
+                else:
+                    target.addcmul_(part, w)
+
+    def _place(self, k: int) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+        """(slices in the window, slices in the region) of window ``k``, None if it misses."""
+        src, dst = [], []
+        for o, w, a, b in zip(self._origins[k].tolist(), self.grid.window, self.start, self.stop):
+            lo, hi = max(o, a), min(o + w, b)
+            if lo >= hi:
+                return None
+            src.append(slice(lo - o, hi - o))
+            dst.append(slice(lo - a, hi - a))
+        return tuple(src), tuple(dst)
 
     def result(self, crop: bool = True) -> torch.Tensor:
         """The weighted mean over the region (in place: the accumulator is consumed).
@@ -113,13 +167,31 @@ def normalise_(sums: torch.Tensor, weights: WindowWeights, start: Sequence[int])
         block_stop = (start[0] + r1, *(a + s for a, s in zip(start[1:], size[1:])))
         block = sums[:, :, r0:r1]
         block.div_(weights.norm(block_start, block_stop, device=sums.device, dtype=sums.dtype))
-        bad |= ~torch.isfinite(block.detach().sum(dtype=torch.float64))
+        bad |= ~torch.isfinite(block.detach().sum())  # NaN and inf survive a sum
     if bool(bad):
         raise ValueError(
             "stitched result holds NaN or infinite values: the model produced NaN/inf "
             "for at least one window"
         )
     return sums
+
+
+def lattice_groups(grid: Grid) -> list[tuple[range, ...]]:
+    """Window positions in groups that share an edge class and never overlap.
+
+    Per axis: the first window, the interior windows split into ``ceil(window / step)``
+    colours (same-colour windows lie ``>= window`` apart, at regular origins), and the
+    stepped-back last window. The groups are the products of these sets.
+    """
+    per_axis = []
+    for count, w, step in zip(grid.counts, grid.window, grid.step):
+        colours = math.ceil(w / step)
+        sets = [range(0, 1)]
+        sets += [range(1 + c, count - 1, colours) for c in range(min(colours, max(0, count - 2)))]
+        if count > 1:
+            sets.append(range(count - 1, count))
+        per_axis.append(sets)
+    return list(itertools.product(*per_axis))
 
 
 def check_patches(patches: torch.Tensor, grid: Grid, channels: int | None = None) -> None:
@@ -163,10 +235,7 @@ def stitch(
         device=patches.device,
         dtype=accumulation_dtype(patches.dtype),
     )
-    # windows of one edge class in a row: each class's weights are built once
-    order = sorted(range(patches.shape[0]), key=lambda i: weights.class_of(i % per_image))
-    for i in order:
-        acc.add_one(patches[i], i)
+    acc.add_grid(patches)
     out = acc.result()
     if return_weight:
         keep = tuple(slice(0, s) for s in grid.shape)

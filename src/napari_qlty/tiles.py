@@ -100,7 +100,9 @@ def read_region(source, n: int, start: Sequence[int], stop: Sequence[int], grid:
     """Read (C, *box) of image ``n`` from a lazy array, padding past its far edge if needed."""
     clipped_stop = [min(b, s) for b, s in zip(stop, grid.shape)]
     key = (n, slice(None), *(slice(a, b) for a, b in zip(start, clipped_stop)))
-    block = torch.from_numpy(np.ascontiguousarray(np.asarray(source[key])))
+    data = np.asarray(source[key])
+    # a memory-mapped or read-only box is copied once: torch tensors must own writable memory
+    block = torch.from_numpy(np.array(data) if not data.flags.writeable else np.ascontiguousarray(data))
     if list(clipped_stop) != list(stop):
         # only axes smaller than the window are padded, and then the box spans the whole axis
         block = pad_far_end(block, [b - a for a, b in zip(start, stop)], grid.pad or "constant")

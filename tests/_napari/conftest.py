@@ -48,7 +48,8 @@ def _private_output_dir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def viewer(make_napari_viewer):
+def viewer(request):
+    """A shown napari viewer (napari's ``make_napari_viewer``), or a skip without a display."""
     if not HAVE_DISPLAY:
         pytest.skip("needs a display with OpenGL (run under xvfb-run)")
-    return make_napari_viewer(show=True)
+    return request.getfixturevalue("make_napari_viewer")(show=True)

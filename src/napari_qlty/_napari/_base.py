@@ -33,20 +33,38 @@ class ViewerWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer, **kwargs) -> None:
         super().__init__(**kwargs)
         self._viewer = viewer
+        self._connections: list[tuple] = []
         events = viewer.layers.events
-        events.inserted.connect(self._on_layers_changed)
-        events.removed.connect(self._on_layers_changed)
-        events.moved.connect(self._on_layers_changed)
+        self.connect_to(events.inserted, self._on_layers_changed)
+        self.connect_to(events.removed, self._on_layers_changed)
+        self.connect_to(events.moved, self._on_layers_changed)
+        self.connect_to(events.inserted, self._watch_name)
         for layer in viewer.layers:
-            layer.events.name.connect(self._on_layers_changed)
-        events.inserted.connect(self._watch_name)
+            self.connect_to(layer.events.name, self._on_layers_changed)
+        connections = self._connections
+        self.native.destroyed.connect(lambda *_: _disconnect_all(connections))
+
+    def connect_to(self, emitter, callback) -> None:
+        """Connect ``callback`` to a viewer or layer event; undone when the widget is destroyed."""
+        emitter.connect(callback)
+        self._connections.append((emitter, callback))
+
+    def timer(self, interval_ms: int, callback):
+        """A single-shot QTimer owned by this widget (it dies with the widget)."""
+        from qtpy.QtCore import QTimer
+
+        t = QTimer(self.native)
+        t.setSingleShot(True)
+        t.setInterval(interval_ms)
+        t.timeout.connect(callback)
+        return t
 
     @property
     def viewer(self) -> napari.viewer.Viewer:
         return self._viewer
 
     def _watch_name(self, event) -> None:
-        event.value.events.name.connect(self._on_layers_changed)
+        self.connect_to(event.value.events.name, self._on_layers_changed)
 
     def _on_layers_changed(self, event=None) -> None:
         try:
@@ -63,12 +81,33 @@ class ViewerWidget(Container):
         return combo
 
 
-def status_label() -> Label:
+def form(*widgets) -> Container:
+    """Labelled fields, one per row (the widget around them spans the full width)."""
+    box = Container(labels=True)
+    box.margins = (0, 0, 0, 0)
+    box.extend(widgets)  # (inserting aligns the labels' column)
+    return box
+
+
+def _disconnect_all(connections: list[tuple]) -> None:
+    for emitter, callback in connections:
+        try:
+            emitter.disconnect(callback)
+        except Exception:  # noqa: BLE001 - the emitter may be gone already
+            pass
+    connections.clear()
+
+
+def status_label(selectable: bool = True) -> Label:
+    """A multi-line text that takes the widget's full width and wraps inside it."""
+    from qtpy.QtWidgets import QSizePolicy
+
     label = Label(value="")
     label.native.setWordWrap(True)
-    label.native.setTextInteractionFlags(
-        label.native.textInteractionFlags() | _selectable_flag()
-    )
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
+    label.native.setMinimumWidth(120)
+    if selectable:
+        label.native.setTextInteractionFlags(label.native.textInteractionFlags() | _selectable_flag())
     return label
 
 

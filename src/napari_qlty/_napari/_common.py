@@ -192,12 +192,26 @@ def resolve_path(path, layer_name: str | None, suffix: str) -> Path:
     return p
 
 
+class Failed:
+    """An error caught in a worker thread, handed to the GUI thread to be shown.
+
+    (A worker must not return the exception itself: superqt re-raises returned exceptions.)
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 # -- text --------------------------------------------------------------------------------
 def format_duration(seconds: float | None) -> str:
+    """``4.2 s`` under a minute, else ``m:ss`` (``h:mm:ss`` past an hour)."""
     if seconds is None or not math.isfinite(seconds):
         return "?"
-    seconds = int(round(max(0.0, seconds)))
-    h, rest = divmod(seconds, 3600)
+    seconds = max(0.0, float(seconds))
+    if seconds < 59.5:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    whole = int(round(seconds))
+    h, rest = divmod(whole, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
@@ -209,10 +223,17 @@ def error_text(exc: BaseException) -> str:
 
 
 def notify_error(exc: BaseException | str) -> None:
-    """Show an error in the viewer's notification area (and log it)."""
-    from napari.utils.notifications import show_error
+    """Show an error in the viewer's notification area.
 
-    show_error(f"napari-qlty: {error_text(exc) if isinstance(exc, BaseException) else exc}")
+    An exception keeps its traceback (the notification's "View Traceback" button); it is
+    dispatched as a notification rather than raised, so it never takes the viewer down.
+    """
+    from napari.utils.notifications import Notification, notification_manager, show_error
+
+    if isinstance(exc, BaseException):
+        notification_manager.dispatch(Notification.from_exception(exc))
+    else:
+        show_error(f"napari-qlty: {exc}")
 
 
 def notify_info(text: str) -> None:

@@ -17,8 +17,9 @@ from napari.layers import Image, Labels
 from ..export import export_pairs
 from ..grid import Grid
 from ..sources import open_source
-from ._base import ViewerWidget, grid_button, monospace, set_status, status_label
+from ._base import ViewerWidget, form, grid_button, monospace, set_status, status_label
 from ._common import (
+    Failed,
     TrainingLabels,
     default_path,
     error_text,
@@ -41,7 +42,7 @@ class ExportWidget(ViewerWidget):
     """Write cleaned training pairs (image windows + label windows) to a zarr folder."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, labels=True)
+        super().__init__(viewer, labels=False)
         self.image_combo = self.layer_combo(Image, "image", tooltip="The image to cut into windows")
         self.labels_combo = self.layer_combo(
             Labels, "labels", tooltip="Sparse labels of the image (0 = unlabelled, 1.. = classes)"
@@ -69,12 +70,13 @@ class ExportWidget(ViewerWidget):
         self.status = status_label()
         self.summary = TextEdit(value="")
         self.summary.native.setReadOnly(True)
-        self.summary.native.setMinimumHeight(150)
+        self.summary.native.setLineWrapMode(self.summary.native.LineWrapMode.NoWrap)
+        self.summary.native.setMinimumHeight(190)
         monospace(self.summary)
         self.extend([
-            self.image_combo, self.labels_combo, self.window_edit, self.step_edit, self.border_edit,
-            self.copy_grid, self.min_labelled_spin, self.path_edit, self.path_hint, self.overwrite_check,
-            buttons, self.progress, self.status, self.summary,
+            form(self.image_combo, self.labels_combo, self.copy_grid, self.window_edit, self.step_edit,
+                 self.border_edit, self.min_labelled_spin, self.path_edit, self.path_hint),
+            self.overwrite_check, buttons, self.progress, self.status, self.summary,
         ])
 
         self.worker = None
@@ -152,12 +154,15 @@ class ExportWidget(ViewerWidget):
 
         t0 = time.perf_counter()
         last = None
-        for written, total, stats in export_pairs(
-            source, labels, grid, path, min_labelled=min_labelled, overwrite=overwrite,
-            cancelled=lambda: self._cancel_requested,
-        ):
-            last = (written, total, stats)
-            yield written, total, stats, time.perf_counter() - t0
+        try:
+            for written, total, stats in export_pairs(
+                source, labels, grid, path, min_labelled=min_labelled, overwrite=overwrite,
+                cancelled=lambda: self._cancel_requested,
+            ):
+                last = (written, total, stats)
+                yield written, total, stats, time.perf_counter() - t0
+        except Exception as e:  # handed to the GUI thread, shown there
+            return Failed(e)
         complete = last is not None and last[0] == last[1] and path.exists()
         return complete, (last[2] if last else None), path, time.perf_counter() - t0
 
@@ -180,6 +185,9 @@ class ExportWidget(ViewerWidget):
         )
 
     def _on_returned(self, result) -> None:
+        if isinstance(result, Failed):
+            self._fail(result.error)
+            return
         complete, stats, path, elapsed = result
         if not complete:
             self.outcome = "cancelled"
@@ -190,19 +198,18 @@ class ExportWidget(ViewerWidget):
         self.progress.value = stats.kept_windows
         set_status(
             self.status,
-            f"Done in {format_duration(elapsed)}: {thousands(stats.kept_windows)} training pairs in {path}",
+            f"Done ({format_duration(elapsed)}): {thousands(stats.kept_windows)} training pairs written to {path}",
         )
-        mapping = "  ".join(
-            f"class {c} = label {c + 1}" + (f" ({self._names[c + 1]})" if c + 1 in self._names else "")
+        mapping = "\n".join(
+            f"class {c} = napari label {c + 1}" + (f" ({self._names[c + 1]})" if c + 1 in self._names else "")
             for c in sorted(int(k) for k in stats.labelled_voxels)
         )
-        self.summary.value = stats.table() + ("\n\n" + mapping if mapping else "") + f"\n\nsaved to {path}"
+        self.summary.value = stats.table() + ("\n\n" + mapping if mapping else "")
 
     def _fail(self, exc) -> None:
         self.outcome = "error"
         set_status(self.status, f"Export failed: {error_text(exc)}", error=True)
-        if self.worker is None:  # errors from the worker are already sent to the viewer by napari
-            notify_error(exc)
+        notify_error(exc)
 
     def _on_finished(self) -> None:
         self.worker = None

@@ -13,16 +13,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FloatSpinBox, Label, LineEdit, SpinBox
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, LineEdit, SpinBox
 from napari.layers import Image, Labels
-from qtpy.QtCore import QTimer
 from vispy.color import Color
 
 from ..clean import select_windows
 from ..grid import Grid
 from ..weights import Weighting, WindowWeights
-from ._base import LAST_GRID, ViewerWidget, monospace, set_status
+from ._base import LAST_GRID, ViewerWidget, form, monospace, set_status, status_label
 from ._common import (
+    Failed,
     DROPPED_COLOR,
     SEAM_COLOR,
     WINDOW_COLORS,
@@ -49,7 +49,7 @@ class GridPreviewWidget(ViewerWidget):
     """Preview the tiling of an image layer: window outlines, seams and a summary."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, labels=True)
+        super().__init__(viewer, labels=False)
         self.image_combo = self.layer_combo(Image, "image", tooltip="The volume to tile (only its shape is used)")
         self.window_edit = LineEdit(
             value="64", label="window",
@@ -79,13 +79,12 @@ class GridPreviewWidget(ViewerWidget):
         self.show_seams_check = CheckBox(value=True, text="show seams")
         toggles = Container(widgets=[self.show_windows_check, self.show_seams_check], layout="horizontal", labels=False)
         toggles.margins = (0, 0, 0, 0)
-        self.summary_label = Label(value="")
-        self.summary_label.native.setWordWrap(True)
+        self.summary_label = status_label()
         monospace(self.summary_label)
         self.extend([
-            self.image_combo, self.window_edit, self.step_edit, self.border_edit,
-            self.border_weight_spin, self.labels_combo, self.min_labelled_spin, toggles,
-            self.summary_label,
+            form(self.image_combo, self.window_edit, self.step_edit, self.border_edit,
+                 self.border_weight_spin, self.labels_combo, self.min_labelled_spin),
+            toggles, self.summary_label,
         ])
 
         #: the grid currently shown (None when the fields are invalid)
@@ -104,19 +103,16 @@ class GridPreviewWidget(ViewerWidget):
         self._warning = ""
         self._draw_key = None
 
-        self._timer = QTimer()
-        self._timer.setSingleShot(True)
-        self._timer.setInterval(25)
-        self._timer.timeout.connect(self.refresh)
+        self._timer = self.timer(25, self.refresh)
         for w in (self.image_combo, self.window_edit, self.step_edit, self.border_edit,
                   self.border_weight_spin, self.labels_combo, self.min_labelled_spin,
                   self.show_windows_check, self.show_seams_check):
             w.changed.connect(self._schedule)
         dims = viewer.dims.events
-        dims.current_step.connect(self._schedule)
-        dims.ndisplay.connect(self._schedule)
-        dims.order.connect(self._schedule)
-        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.connect_to(dims.current_step, self._schedule)
+        self.connect_to(dims.ndisplay, self._schedule)
+        self.connect_to(dims.order, self._schedule)
+        self.connect_to(viewer.layers.events.removed, self._on_layer_removed)
         self._schedule()
 
     # -- scheduling -------------------------------------------------------------------
@@ -231,6 +227,11 @@ class GridPreviewWidget(ViewerWidget):
                         seams.append(_plane(a, m - 0.5, others, grid.shape, zero))
                     else:
                         seams.append(_line(a, m - 0.5, others[0], grid.shape, zero))
+        # outlines lie on the voxels' edges, but never outside the image's own extent (a
+        # shape past it would widen the viewer's ranges and shift the sliders by half a voxel)
+        top = np.asarray(grid.shape, dtype=float) - 1
+        windows = [np.clip(w, 0, top) for w in windows]
+        seams = [np.clip(w, 0, top) for w in seams]
         self.windows_layer = self._set_shapes(
             self.windows_layer, f"{image.name} · windows", image, shift, windows,
             "path" if three_d else "rectangle", window_colors, width,
@@ -330,8 +331,8 @@ class GridPreviewWidget(ViewerWidget):
                     pass
         self._watched_labels = layer
         if layer is not None:
-            layer.events.paint.connect(self._on_labels_edited)
-            layer.events.reload.connect(self._on_labels_edited)
+            self.connect_to(layer.events.paint, self._on_labels_edited)
+            self.connect_to(layer.events.reload, self._on_labels_edited)
 
     def _on_labels_edited(self, event=None) -> None:
         self._labels_version += 1
@@ -356,7 +357,10 @@ class GridPreviewWidget(ViewerWidget):
         min_labelled = int(self.min_labelled_spin.value)
 
         def run():
-            kept, stats = select_windows(TrainingLabels(data), grid, ignore_label=-1, min_labelled=min_labelled)
+            try:
+                kept, stats = select_windows(TrainingLabels(data), grid, ignore_label=-1, min_labelled=min_labelled)
+            except Exception as e:  # shown by the widget
+                return key, Failed(e), None
             return key, kept, stats
 
         worker = create_worker(run, _start_thread=False)
@@ -369,6 +373,9 @@ class GridPreviewWidget(ViewerWidget):
         key, kept, stats = result
         if key != self._selection_key:
             return  # parameters changed meanwhile; a newer count is running
+        if isinstance(kept, Failed):
+            self._selection_failed(kept.error)
+            return
         self.kept, self.stats = kept, stats
         image = self.image_combo.value
         if image is not None and self.grid is not None:

@@ -38,8 +38,9 @@ from ..models import ModelSpec, load_model, resolve_device
 from ..predict import iter_predict
 from ..sources import open_source
 from ..weights import Weighting
-from ._base import ViewerWidget, grid_button, set_status, status_label
+from ._base import ViewerWidget, form, grid_button, set_status, status_label
 from ._common import (
+    Failed,
     ChannelView,
     default_path,
     error_text,
@@ -73,7 +74,7 @@ class InferenceWidget(ViewerWidget):
     """Predict a whole image with a model, tiled and stitched; results stream into the viewer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, labels=True)
+        super().__init__(viewer, labels=False)
         self.image_combo = self.layer_combo(Image, "image", tooltip="The image to predict")
         self.model_combo = ComboBox(
             label="model", choices=self._model_choices,
@@ -137,11 +138,11 @@ class InferenceWidget(ViewerWidget):
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = status_label()
         self.extend([
-            self.image_combo, self.model_combo, self.model_path, self.factory_edit, self.device_combo,
-            self.batch_spin, self.copy_grid, self.window_edit, self.step_edit, self.border_edit,
-            self.weighting_combo, self.border_weight_spin, self.postprocess_combo, outputs,
-            self.output_edit, self.output_hint, self.overwrite_check, self.memory_edit, self.chunks_edit,
-            buttons, self.progress, self.status,
+            form(self.image_combo, self.model_combo, self.model_path, self.factory_edit, self.device_combo,
+                 self.batch_spin, self.copy_grid, self.window_edit, self.step_edit, self.border_edit,
+                 self.weighting_combo, self.border_weight_spin, self.postprocess_combo, outputs,
+                 self.output_edit, self.output_hint, self.memory_edit, self.chunks_edit),
+            self.overwrite_check, buttons, self.progress, self.status,
         ])
 
         self.worker = None
@@ -156,13 +157,13 @@ class InferenceWidget(ViewerWidget):
         self._t_start = None
         self._image = None
 
-        REGISTRY.changed.connect(self._on_registry_changed)
+        self.connect_to(REGISTRY.changed, self._on_registry_changed)
         self.model_combo.changed.connect(self._update_model_fields)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image_combo.changed.connect(self._update_hint)
         self.output_edit.changed.connect(self._update_hint)
-        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.connect_to(viewer.layers.events.removed, self._on_layer_removed)
         self._update_model_fields()
         self._update_hint()
 
@@ -215,6 +216,7 @@ class InferenceWidget(ViewerWidget):
         set_status(self.status, "Loading the model and checking it on one window…")
         self.worker = create_worker(_relay, *args, _start_thread=False, **kwargs)
         self.worker.yielded.connect(self._on_event)
+        self.worker.returned.connect(self._on_returned)
         self.worker.errored.connect(self._fail)
         self.worker.aborted.connect(self._on_aborted)
         self.worker.finished.connect(self._on_finished)
@@ -291,22 +293,24 @@ class InferenceWidget(ViewerWidget):
         self.last_event = event
         self.events_seen.append(event.kind)
         if event.kind == "start":
-            self._t_start = (event.elapsed, event.windows_done)
+            self._t_start = (event.elapsed, event.windows_done + event.regions_done)
             self._show_layers()
         elif event.kind == "done" and self.probability_layer is None and self.labels_layer is None:
             self._show_layers()
         for layer in (self.probability_layer, self.labels_layer):
             if layer is not None:
                 layer.refresh()
-        self.progress.max = max(1, event.windows_total)
-        self.progress.value = event.windows_done
+        # progress counts windows run and regions written (a region is final only once
+        # its neighbours have handed over, so regions finish after their windows)
+        self.progress.max = max(1, event.windows_total + event.regions_total)
+        self.progress.value = event.windows_done + event.regions_done
         if event.kind == "done":
             self.outcome = "done"
             self._finish_contrast()
             set_status(
                 self.status,
-                f"Done: {thousands(event.windows_total)} windows in {event.regions_total} region(s), "
-                f"{format_duration(event.elapsed)}. Saved to {self.path}"
+                f"Done ({format_duration(event.elapsed)}): {thousands(event.windows_total)} windows "
+                f"in {event.regions_total} region(s), saved to {self.path}"
                 + (f"\n({event.message})" if "already" in event.message else ""),
             )
             return
@@ -319,10 +323,11 @@ class InferenceWidget(ViewerWidget):
         )
         if self._t_start is not None:
             t0, w0 = self._t_start
-            done = event.windows_done - w0
+            total = event.windows_total + event.regions_total
+            done = event.windows_done + event.regions_done - w0
             if done > 0 and event.elapsed > t0:
-                rate = done / (event.elapsed - t0)
-                text += f" · about {format_duration((event.windows_total - event.windows_done) / rate)} left"
+                left = (total - w0 - done) * (event.elapsed - t0) / done
+                text += f" · about {format_duration(left)} left"
         if event.kind == "start" and event.message:
             text += f"\n{event.message}"
         return text
@@ -380,11 +385,14 @@ class InferenceWidget(ViewerWidget):
             f"parameters to resume.",
         )
 
+    def _on_returned(self, result) -> None:
+        if isinstance(result, Failed):
+            self._fail(result.error)
+
     def _fail(self, exc) -> None:
         self.outcome = "error"
         set_status(self.status, f"Prediction failed: {error_text(exc)}", error=True)
-        if self.worker is None:  # worker errors are already sent to the viewer by napari
-            notify_error(exc)
+        notify_error(exc)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -392,8 +400,12 @@ class InferenceWidget(ViewerWidget):
 
 
 def _relay(model, source, grid, path, **kwargs):
-    """The worker's generator: the engine's events, one by one (quit() stops between them)."""
+    """The worker's generator: the engine's events, one by one (quit() stops between them);
+    an error is returned, not raised, and shown by the widget."""
     t0 = time.perf_counter()
-    for event in iter_predict(model, source, grid, path, **kwargs):
-        yield event
+    try:
+        for event in iter_predict(model, source, grid, path, **kwargs):
+            yield event
+    except Exception as e:  # handed to the GUI thread, shown there
+        return Failed(e)
     return time.perf_counter() - t0

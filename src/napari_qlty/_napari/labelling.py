@@ -15,11 +15,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import FileEdit, Label, LineEdit, PushButton
 from napari.layers import Image, Labels
-from qtpy.QtCore import QTimer
 
 from . import _labels_store as store
-from ._base import ViewerWidget, monospace, set_status, status_label
-from ._common import default_path, error_text, level0, notify_error, resolve_path, spatial_shape, thousands
+from ._base import ViewerWidget, form, monospace, set_status, status_label
+from ._common import Failed, default_path, error_text, level0, notify_error, resolve_path, spatial_shape, thousands
 
 if TYPE_CHECKING:
     import napari
@@ -29,7 +28,7 @@ class LabellingWidget(ViewerWidget):
     """Create (or reopen) a zarr-backed Labels layer for an image and count its labels."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__(viewer, labels=True)
+        super().__init__(viewer, labels=False)
         self.image_combo = self.layer_combo(Image, "image", tooltip="The image to label")
         self.classes_edit = LineEdit(
             value="background, filament", label="classes",
@@ -49,11 +48,11 @@ class LabellingWidget(ViewerWidget):
         self.path_hint.native.setWordWrap(True)
         self.create_button = PushButton(text="Create labels layer")
         self.recount_button = PushButton(text="Recount")
-        self.counts_label = Label(value="")
+        self.counts_label = status_label()
         monospace(self.counts_label)
         self.status = status_label()
         self.extend([
-            self.image_combo, self.classes_edit, self.start_combo, self.path_edit, self.path_hint,
+            form(self.image_combo, self.classes_edit, self.start_combo, self.path_edit, self.path_hint),
             self.create_button, self.counts_label, self.recount_button, self.status,
         ])
 
@@ -66,21 +65,15 @@ class LabellingWidget(ViewerWidget):
         self._count_worker = None
         self._count_again = False
 
-        self._count_timer = QTimer()
-        self._count_timer.setSingleShot(True)
-        self._count_timer.setInterval(250)
-        self._count_timer.timeout.connect(self.recount)
-        self._names_timer = QTimer()
-        self._names_timer.setSingleShot(True)
-        self._names_timer.setInterval(400)
-        self._names_timer.timeout.connect(self._apply_class_names)
+        self._count_timer = self.timer(250, self.recount)
+        self._names_timer = self.timer(400, self._apply_class_names)
 
         self.create_button.changed.connect(self.create)
         self.recount_button.changed.connect(self.recount)
         self.classes_edit.changed.connect(lambda *_: self._names_timer.start())
         self.image_combo.changed.connect(self._update_hint)
         self.path_edit.changed.connect(self._update_hint)
-        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.connect_to(viewer.layers.events.removed, self._on_layer_removed)
         self._update_hint()
 
     # -- creating -------------------------------------------------------------------------
@@ -143,8 +136,8 @@ class LabellingWidget(ViewerWidget):
         )
         layer.selected_label = 1
         layer.brush_size = max(3, int(round(max(shape[-2:]) / 60)))
-        layer.events.paint.connect(self._schedule_count)
-        layer.events.reload.connect(self._schedule_count)
+        self.connect_to(layer.events.paint, self._schedule_count)
+        self.connect_to(layer.events.reload, self._schedule_count)
         self.labels_layer = layer
         self._viewer.layers.selection.active = layer
         what = "Reopened" if reopened else "Created"
@@ -218,7 +211,7 @@ class LabellingWidget(ViewerWidget):
             self._count_again = True
             return
         data = level0(layer)
-        worker = create_worker(store.count_labels, data, _start_thread=False)
+        worker = create_worker(_count, data, _start_thread=False)
         worker.returned.connect(self._counted)
         worker.errored.connect(lambda e: set_status(self.status, f"Counting failed: {error_text(e)}", error=True))
         worker.finished.connect(self._count_finished)
@@ -226,6 +219,9 @@ class LabellingWidget(ViewerWidget):
         worker.start()
 
     def _counted(self, counts) -> None:
+        if isinstance(counts, Failed):
+            set_status(self.status, f"Counting failed: {error_text(counts.error)}", error=True)
+            return
         self.counts = counts
         self._show_counts()
 
@@ -255,3 +251,10 @@ class LabellingWidget(ViewerWidget):
         share = 100.0 * labelled / total_voxels if total_voxels else 0.0
         rows.append(f"{'labelled':<{width + 3}} {thousands(labelled):>12}  ({share:.3f} %)")
         self.counts_label.value = "\n".join(rows)
+
+
+def _count(data):
+    try:
+        return store.count_labels(data)
+    except Exception as e:  # shown by the widget
+        return Failed(e)

@@ -200,7 +200,9 @@ def _ome_multiscale(group, path: str, name: str, attrs: dict, kind: str = "image
 
 def _ome_labels(group, path: str) -> list[tuple]:
     labels_group = group["labels"]
-    names = dict(labels_group.attrs).get("labels") or []
+    attrs = dict(labels_group.attrs)
+    ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else {}
+    names = ome.get("labels") or attrs.get("labels") or []
     out = []
     for label_name in names:
         try:
