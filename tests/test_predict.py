@@ -208,3 +208,24 @@ def test_plan_region_size_respects_budget():
     assert region_cost(grid, size, 1, 2) + (100 << 20) <= 512 << 20
     with pytest.raises(ValueError, match="memory budget 64 MiB is too small.*batch"):
         plan_region_size(grid, (64, 64, 64), 1, 2, 100 << 20, 64 << 20)
+
+
+def test_out_of_memory_halves_the_batch(tmp_path, volume):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    conv = conv_model()
+
+    class Picky(torch.nn.Module):
+        """Runs out of memory on more than one window at a time."""
+
+        def forward(self, b):
+            if b.shape[0] > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return conv(b)
+
+    kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", batch_size=4)
+    predict(Picky(), src, grid, tmp_path / "picky.zarr", **kwargs)
+    predict(conv, src, grid, tmp_path / "plain.zarr", **kwargs)
+    a = zarr.open_group(str(tmp_path / "picky.zarr"))["probabilities"][...]
+    b = zarr.open_group(str(tmp_path / "plain.zarr"))["probabilities"][...]
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -34,11 +34,13 @@ def process_events(seconds: float = 0.3) -> None:
         time.sleep(0.01)
 
 
-def wait_for(condition, timeout: float = 300.0) -> None:
+def wait_for(condition, timeout: float = 300.0, widget=None) -> None:
     from qtpy.QtWidgets import QApplication
 
     end = time.perf_counter() + timeout
     while not condition():
+        if widget is not None and getattr(widget, "outcome", None) == "error":
+            raise RuntimeError(widget.status.value)
         if time.perf_counter() > end:
             raise TimeoutError("the widget did not finish in time")
         QApplication.processEvents()
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     process_events(0.3)
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.angles = (-15, 30, 125)
-    camera.zoom = camera.zoom * 0.9
+    camera.zoom = camera.zoom * 0.8
     save(viewer, "grid_preview_3d", out, fit=False)
     viewer.dims.ndisplay = 2
     viewer.dims.set_current_step(0, annotated_z)
@@ -210,12 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     inference.window_edit.value, inference.step_edit.value, inference.border_edit.value = "64", "48", "8"
     inference.weighting_combo.value = "gaussian"
     inference.chunks_edit.value = "64, 32, 32"  # regions are tiles of the slice: watch them fill
-    inference.memory_edit.value = "4MB"
+    inference.batch_spin.value = 1
+    inference.memory_edit.value = "48MB"  # small enough for several regions
     inference.output_edit.value = work / "tomogram-prediction.zarr"
     labels.visible = False
     inference.run()
     wait_for(lambda: inference.last_event is not None and inference.last_event.kind == "region"
-             and inference.last_event.regions_done >= inference.last_event.regions_total // 2)
+             and inference.last_event.regions_done >= inference.last_event.regions_total // 2,
+             widget=inference)
     inference.worker.pause()
     wait_for(lambda: inference.worker is None or inference.worker.is_paused, timeout=60)
     save(viewer, "inference_streaming", out)

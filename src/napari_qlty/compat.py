@@ -174,7 +174,7 @@ class _QuiltBase:
         return torch.from_numpy(self._border_np() < 0.5).to(device)
 
     def _positions(self, n_images: int, include_n: bool, device=None) -> torch.Tensor:
-        origins = torch.from_numpy(self.grid.origins())
+        origins = torch.from_numpy(self.grid.origins().copy())
         pos = origins.repeat(n_images, 1)
         if include_n:
             n = torch.arange(n_images).repeat_interleave(len(self.grid)).unsqueeze(1)

@@ -154,6 +154,7 @@ class Grid:
             axis_origins(s, w, st) for s, w, st in zip(self.padded_shape, window, step)
         )
         self.counts = tuple(len(o) for o in self.axis_origins)
+        self._origins: np.ndarray | None = None
 
     # -- sizes -----------------------------------------------------------------------
     @property
@@ -190,9 +191,13 @@ class Grid:
 
     # -- windows -----------------------------------------------------------------------
     def origins(self) -> np.ndarray:
-        """(windows per image, ndim) int64 origins in window order."""
-        mesh = np.meshgrid(*self.axis_origins, indexing="ij")
-        return np.stack([m.reshape(-1) for m in mesh], axis=1)
+        """(windows per image, ndim) int64 origins in window order (read-only, cached)."""
+        if self._origins is None:
+            mesh = np.meshgrid(*self.axis_origins, indexing="ij")
+            origins = np.stack([m.reshape(-1) for m in mesh], axis=1)
+            origins.setflags(write=False)
+            self._origins = origins
+        return self._origins
 
     def positions(self) -> np.ndarray:
         """(windows per image, ndim) grid coordinates in window order."""

@@ -32,7 +32,7 @@ import torch
 
 from .grid import Grid
 from .infer import check_output
-from .models import ModelSpec, check_model_output, load_model, resolve_device
+from .models import ModelSpec, check_model_output, load_model, resolve_device, run_with_oom_backoff
 from .sources import Source, open_source
 from .stitch import Accumulator, normalise_
 from .store import OutputStore
@@ -248,7 +248,7 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
                     x[(slice(None), *(slice(o - a, o - a + w) for o, a, w in zip(origins[k], box_start, grid.window)))]
                     for k in chunk
                 ]).to(device)
-                out = model(batch)
+                out = run_with_oom_backoff(model, batch)  # halves the batch on out-of-memory
                 check_output(out, batch, grid)
                 if post is not None:
                     out = post(out)

@@ -17,10 +17,6 @@ HAVE_DISPLAY = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY
     os.environ.get("QT_QPA_PLATFORM", "") not in ("offscreen", "minimal")
 )
 
-needs_display = pytest.mark.skipif(
-    not HAVE_DISPLAY, reason="needs a display with OpenGL (run under xvfb-run)"
-)
-
 SHAPE = (32, 64, 48)
 
 

@@ -123,8 +123,9 @@ def test_grid_preview_lazy_2d(viewer, sample_layers, qtbot):
     image, _ = sample_layers
     plane = da.from_array(image[5], chunks=(16, 16))
     viewer.add_image(plane, name="plane")
-    widget = GridPreviewWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    # opened the way the Plugins menu opens it (the manifest's command, viewer injected)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-qlty", "Grid preview")
+    assert isinstance(widget, GridPreviewWidget)
     widget.window_edit.value, widget.step_edit.value, widget.border_edit.value = "20, 16", "15, 12", "0"
     widget.refresh()
     grid = Grid((64, 48), (20, 16), (15, 12), 0)
@@ -300,7 +301,10 @@ def _set_inference_fields(widget, path):
     widget.border_weight_spin.value = 0.5
     widget.postprocess_combo.value = "softmax"
     widget.chunks_edit.value = "16"
-    widget.memory_edit.value = "1MB"  # small regions, so the map streams in pieces
+    # a budget that fits one-chunk regions but not the whole volume: the map streams in
+    # several regions (batch 1 keeps the model's measured share of the budget small)
+    widget.batch_spin.value = 1
+    widget.memory_edit.value = "2MB"
     widget.output_edit.value = path
 
 

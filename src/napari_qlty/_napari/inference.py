@@ -358,7 +358,8 @@ class InferenceWidget(ViewerWidget):
                 layer.data = view
             else:
                 self.labels_layer = self.viewer.add_labels(
-                    view, name=f"{name} · labels", opacity=0.5, visible=False, multiscale=False, **where,
+                    view, name=f"{name} · labels", opacity=0.5, multiscale=False,
+                    visible="probabilities" not in group, **where,
                 )
         if image is not None:
             self.viewer.layers.selection.active = image

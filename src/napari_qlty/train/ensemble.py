@@ -1,0 +1,108 @@
+"""Ensembles: the average of several networks' class probabilities, as one model.
+
+An :class:`Ensemble` is an ``nn.Module`` like any other, so it goes through the
+stitcher (:func:`napari_qlty.infer`, :func:`napari_qlty.predict.predict`) unchanged:
+every window runs through every member once. By default it returns probabilities
+(blend them as they are: ``postprocess=None``); ``output="log"`` returns their
+logarithm, for code that applies a softmax itself.
+
+Averaging probabilities (not logits) keeps each member's calibration, and members that
+disagree give an honest 50/50 rather than whichever is more confident.
+
+An ensemble saved with :func:`save_ensemble` is one state dict plus a JSON recipe, so
+``ModelSpec(path, factory="napari_qlty.train.ensemble:ensemble", factory_kwargs=...)``
+(:func:`napari_qlty.train.checkpoint_spec` writes it for you) reloads it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .trainer import checkpoint_spec, load_checkpoint, save_checkpoint
+
+__all__ = ["Ensemble", "ensemble", "load_ensemble", "save_ensemble"]
+
+ENSEMBLE_FACTORY = "napari_qlty.train.ensemble:ensemble"
+
+
+class Ensemble(nn.Module):
+    """Weighted mean of the softmax probabilities of ``members`` (each returns logits).
+
+    ``weights`` (default: equal) are normalised to sum to 1. Members that already return
+    probabilities are flagged in ``probabilities`` (one bool per member).
+    """
+
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float] | None = None,
+                 output: str = "probabilities", probabilities: Sequence[bool] | None = None) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if output not in ("probabilities", "log"):
+            raise ValueError(f"output must be 'probabilities' or 'log', got {output!r}")
+        self.members = nn.ModuleList(members)
+        w = torch.ones(len(members)) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if w.shape != (len(members),) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"weights must be {len(members)} non-negative numbers with a positive sum")
+        self.weights = [float(v) for v in (w / w.sum())]
+        self.output = output
+        self.probabilities = [False] * len(members) if probabilities is None else [bool(p) for p in probabilities]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for member, w, is_prob in zip(self.members, self.weights, self.probabilities):
+            y = member(x)
+            p = y if is_prob else torch.softmax(y, dim=1)
+            total = p * w if total is None else total.add_(p, alpha=w)
+        if self.output == "log":
+            return torch.log(total.clamp_min(1e-12))
+        return total
+
+
+def _build(recipe: dict) -> nn.Module:
+    module_name, _, attr = recipe["factory"].partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj(**dict(recipe.get("factory_kwargs") or {}))
+
+
+def ensemble(members: Sequence[dict], weights: Sequence[float] | None = None,
+             output: str = "probabilities") -> Ensemble:
+    """Factory for :class:`ModelSpec`: members given as ``{"factory": ..., "factory_kwargs": ...}``.
+
+    Only factories inside ``napari_qlty`` are accepted here (a recipe file must not be
+    able to import arbitrary code); a member of your own goes into an :class:`Ensemble`
+    built in Python.
+    """
+    modules = []
+    for recipe in members:
+        factory = str(recipe.get("factory", ""))
+        if not factory.startswith("napari_qlty."):
+            raise ValueError(f"ensemble members must use napari_qlty factories, got {factory!r}")
+        modules.append(_build(recipe))
+    return Ensemble(modules, weights=weights, output=output)
+
+
+def load_ensemble(paths: Sequence[str | Path], weights: Sequence[float] | None = None,
+                  output: str = "probabilities", device: str = "cpu") -> Ensemble:
+    """An ensemble of the checkpoints at ``paths`` (see :func:`napari_qlty.train.save_checkpoint`)."""
+    members = [load_checkpoint(p, device) for p in paths]
+    return Ensemble(members, weights=weights, output=output).to(device).eval()
+
+
+def save_ensemble(model: Ensemble, path: str | Path, member_paths: Sequence[str | Path]) -> Path:
+    """Save ``model`` as one checkpoint; ``member_paths`` are its members' checkpoints (for
+    their recipes). Reload with :func:`napari_qlty.train.load_checkpoint`."""
+    if len(member_paths) != len(model.members):
+        raise ValueError(f"{len(model.members)} members but {len(member_paths)} checkpoint paths")
+    recipes = []
+    for p in member_paths:
+        spec = checkpoint_spec(p)
+        recipes.append({"factory": spec.factory, "factory_kwargs": dict(spec.factory_kwargs)})
+    return save_checkpoint(model, path, ENSEMBLE_FACTORY,
+                           {"members": recipes, "weights": model.weights, "output": model.output})

@@ -1,0 +1,463 @@
+"""Training a network on sparse pairs: masked cross-entropy, Adam, validation, checkpoints.
+
+:func:`iter_train` is a generator of :class:`TrainEvent` objects (a step, an epoch with
+its validation scores, the end), so the command line prints them, a widget can plot
+them, and a test can stop after two steps. ``stop`` (a callable or a
+``threading.Event``) ends the run cleanly after the current step::
+
+    from napari_qlty.export import PairsDataset
+    from napari_qlty.train import TrainConfig, iter_train
+
+    train, val = PairsDataset("pairs.zarr").split(0.2)
+    config = TrainConfig(arch="unet", net={"channels": 8}, epochs=10)
+    for event in iter_train(config, train, val, checkpoint="unet.pt"):
+        print(event.line())
+
+A checkpoint is a state dict (``unet.pt``) plus a JSON file beside it (``unet.json``)
+naming the factory and its arguments, so :func:`checkpoint_spec` gives the
+:class:`napari_qlty.models.ModelSpec` that reloads it anywhere (the CLI, a dask worker).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..clean import IGNORE
+from ..models import ModelSpec, load_model, resolve_device
+from .data import PlanarSampler, VolumeSampler, as_pairs
+from .metrics import confusion_matrix, f1_scores
+from .networks import ARCHITECTURES, FACTORIES, planar
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "TrainConfig",
+    "TrainEvent",
+    "TrainResult",
+    "build_model",
+    "checkpoint_spec",
+    "class_weights",
+    "iter_train",
+    "load_checkpoint",
+    "masked_cross_entropy",
+    "save_checkpoint",
+    "train",
+]
+
+CHECKPOINT_FORMAT = "napari-qlty/checkpoint/1"
+
+
+# -- the loss --------------------------------------------------------------------------------
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = IGNORE,
+                         weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over labelled voxels only (``labels == ignore_index`` contribute nothing).
+
+    The weighted mean over labelled voxels, as ``F.cross_entropy``; a batch without any
+    labelled voxel gives a zero loss (with zero gradient) instead of NaN.
+    """
+    labels = labels.long()
+    if not (labels != ignore_index).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index)
+
+
+def class_weights(counts: Sequence[int], power: float = 0.5) -> torch.Tensor:
+    """Inverse-frequency weights ``(total / (classes * count)) ** power``.
+
+    ``power=1`` balances the classes fully, ``0`` not at all; ``0.5`` (the default) is a
+    compromise: the rare class is learnt, without pushing its boundary into the
+    unlabelled margin that painted annotations leave around objects. Classes without
+    labels get weight 0.
+    """
+    c = np.asarray(counts, dtype=np.float64)
+    total, k = c.sum(), len(c)
+    with np.errstate(divide="ignore"):
+        w = np.where(c > 0, (total / (k * np.maximum(c, 1))) ** power, 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+# -- configuration and events ------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """What to train and how. Plain data: it is written into every checkpoint's JSON."""
+
+    arch: str = "unet"
+    """``"unet"`` or ``"msdnet"``."""
+    net: dict = field(default_factory=dict)
+    """Keyword arguments of the network (``channels``, ``levels``; ``layers``, ``width``,
+    ``max_dilation``; ``norm``)."""
+    planar: bool = True
+    """True: a 2D network on 2.5D slices (:class:`~napari_qlty.train.networks.Planar`);
+    False: a network with as many dimensions as the pairs' windows."""
+    context: int = 2
+    """Planar: neighbouring slices on either side given as channels."""
+    axes: tuple[int, ...] = (0, 1, 2)
+    """Planar: orientations averaged at inference (0: XY slices, 1: XZ, 2: YZ)."""
+    train_axes: tuple[int, ...] = (0, 1, 2)
+    """Planar: orientations sampled in training."""
+    classes: int = 2
+    patch: int = 48
+    batch_size: int = 8
+    epochs: int = 10
+    steps_per_epoch: int = 25
+    lr: float = 2e-3
+    final_lr: float = 1e-4
+    """The learning rate decays along a cosine from ``lr`` to ``final_lr``."""
+    weight_decay: float = 0.0
+    class_weight_power: float | None = 0.5
+    """Inverse-frequency class weights to this power (None: no weights)."""
+    calibrate: bool = True
+    """Undo the class weights' shift of the decision boundary in the saved and returned
+    model (logit adjustment: ``log(weight)`` is subtracted from each class's output
+    bias), so its probabilities follow the labelled class frequencies again."""
+    balance: float = 0.0
+    """Share of samples centred on a class drawn uniformly (rare classes more often)."""
+    augment: bool = True
+    intensity: float = 0.1
+    val_samples: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    max_seconds: float | None = None
+    """Stop after this much training time (checked every step); None: no limit."""
+    log_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "patch", "classes", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.axes = tuple(int(a) for a in self.axes)
+        self.train_axes = tuple(int(a) for a in self.train_axes)
+        self.net = dict(self.net)
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def factory(self, ndim: int = 3) -> tuple[str, dict]:
+        """``(factory path, kwargs)`` that build this model (for ModelSpec and checkpoints)."""
+        if self.planar:
+            kwargs = {"arch": self.arch, "context": self.context, "axes": list(self.axes),
+                      "classes": self.classes, **self.net}
+            return FACTORIES["planar"], kwargs
+        return FACTORIES[self.arch], {"dims": ndim, "classes": self.classes, **self.net}
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["axes"], d["train_axes"] = list(self.axes), list(self.train_axes)
+        return d
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """``kind``: "start", "step", "epoch", "done" or "stopped"."""
+
+    kind: str
+    step: int
+    steps: int
+    epoch: int
+    epochs: int
+    elapsed: float
+    loss: float | None = None
+    """Mean training loss over the steps since the last event of the same kind."""
+    lr: float | None = None
+    val_loss: float | None = None
+    val_f1: float | None = None
+    """Macro F1 on the labelled voxels of the validation samples."""
+    val_f1_per_class: tuple[float, ...] | None = None
+    checkpoint: str | None = None
+    message: str = ""
+
+    def line(self) -> str:
+        parts = [f"{self.kind:<7}", f"epoch {self.epoch}/{self.epochs}", f"step {self.step}/{self.steps}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        if self.val_loss is not None:
+            parts.append(f"val loss {self.val_loss:.4f}")
+        if self.val_f1 is not None:
+            parts.append(f"val F1 {self.val_f1:.3f}")
+        parts.append(f"{self.elapsed:.1f} s")
+        if self.message:
+            parts.append(self.message)
+        return "  ".join(parts)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    config: TrainConfig
+    events: list[TrainEvent]
+    checkpoint: str | None = None
+
+    @property
+    def last(self) -> TrainEvent:
+        return self.events[-1]
+
+
+# -- models and checkpoints ---------------------------------------------------------------
+def build_model(config: TrainConfig, ndim: int = 3) -> torch.nn.Module:
+    """The untrained network ``config`` describes (seeded by ``config.seed``)."""
+    torch.manual_seed(config.seed)
+    factory, kwargs = config.factory(ndim)
+    if config.planar:
+        return planar(**kwargs)
+    return ARCHITECTURES[config.arch](**kwargs)
+
+
+def _json_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def save_checkpoint(model: torch.nn.Module | dict, path: str | Path, factory: str, factory_kwargs: dict,
+                    extra: dict | None = None) -> Path:
+    """Write ``model``'s state dict (or a state dict) to ``path`` and its recipe to ``path`` with ``.json``.
+
+    Both are written under temporary names and renamed, so a reader never sees a half
+    checkpoint. Returns the path of the state dict.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = model if isinstance(model, dict) else {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    meta = {"format": CHECKPOINT_FORMAT, "factory": factory, "factory_kwargs": factory_kwargs,
+            **(extra or {})}
+    jtmp = _json_path(path).with_name(_json_path(path).name + ".partial")
+    jtmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=_jsonable))
+    tmp.replace(path)
+    jtmp.replace(_json_path(path))
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, (tuple, np.ndarray)):
+        return list(value)
+    raise TypeError(f"not JSON-serialisable: {value!r}")
+
+
+def checkpoint_spec(path: str | Path) -> ModelSpec:
+    """The :class:`ModelSpec` that reloads the checkpoint at ``path`` (reads its JSON)."""
+    path = Path(path)
+    meta_path = _json_path(path)
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: a napari-qlty checkpoint has a JSON file beside it")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{meta_path} is not a napari-qlty checkpoint description")
+    return ModelSpec(str(path), factory=meta["factory"], factory_kwargs=meta["factory_kwargs"])
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> torch.nn.Module:
+    """The trained network of a checkpoint, in eval mode (through :func:`models.load_model`)."""
+    return load_model(checkpoint_spec(path), device)
+
+
+# -- training -----------------------------------------------------------------------------
+def _sampler(config: TrainConfig, pairs, *, augment: bool, seed: int):
+    if config.planar:
+        return PlanarSampler(pairs, config.patch, config.context, axes=config.train_axes, augment=augment,
+                             intensity=config.intensity, balance=config.balance, seed=seed)
+    return VolumeSampler(pairs, config.patch, augment=augment, intensity=config.intensity,
+                         balance=config.balance, seed=seed)
+
+
+def head_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The last 1x1 convolution (the class logits) of a UNet, MSDNet or Planar model."""
+    net = model.net if hasattr(model, "net") else model
+    head = getattr(net, "head", None)
+    if head is None or getattr(head, "bias", None) is None:
+        raise ValueError(f"{type(net).__name__} has no 'head' convolution with a bias to calibrate")
+    return head
+
+
+def calibrated_state(model: torch.nn.Module, log_weight: torch.Tensor | None) -> dict:
+    """``model``'s state dict with ``log_weight`` subtracted from the head's bias."""
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if log_weight is not None:
+        head = head_of(model)
+        for name, param in model.named_parameters():
+            if param is head.bias:
+                state[name] = state[name] - log_weight.detach().cpu().to(state[name].dtype)
+    return state
+
+
+def _stop_requested(stop) -> bool:
+    if stop is None:
+        return False
+    if isinstance(stop, threading.Event):
+        return stop.is_set()
+    return bool(stop())
+
+
+def _net(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
+    """What a training batch goes through: the inner 2D network of a Planar model."""
+    return model.net if config.planar else model
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, batches, classes: int, weight: torch.Tensor | None,
+             ignore_index: int, device) -> tuple[float, float, list[float]]:
+    """(loss, macro F1, per-class F1) of ``net`` on labelled voxels of ``batches``."""
+    was_training = net.training
+    net.eval()
+    total, count = 0.0, 0
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    try:
+        for b in batches:
+            b = b.to(device)
+            logits = net(b.x)
+            n = int((b.y != ignore_index).sum())
+            if n:
+                total += float(masked_cross_entropy(logits, b.y, ignore_index=ignore_index, weight=weight)) * n
+                count += n
+            confusion += confusion_matrix(b.y.cpu(), logits.argmax(1).cpu(), classes, ignore_label=ignore_index)
+    finally:
+        net.train(was_training)
+    scores = f1_scores(confusion)
+    present = scores[~np.isnan(scores)]
+    return (total / count if count else math.nan,
+            float(present.mean()) if present.size else math.nan,
+            [float(s) for s in scores])
+
+
+def iter_train(
+    config: TrainConfig,
+    train_data,
+    val_data=None,
+    *,
+    model: torch.nn.Module | None = None,
+    checkpoint: str | Path | None = None,
+    stop: Callable[[], bool] | threading.Event | None = None,
+) -> Iterator[TrainEvent]:
+    """Train on ``train_data`` (PairsDataset, TrainingPairs, (images, labels) or pairs).
+
+    Yields a "start" event, a "step" event every ``config.log_every`` steps, an "epoch"
+    event after each epoch (with validation loss and macro F1 when ``val_data`` is given,
+    and the checkpoint written), and "done" (or "stopped" if ``stop`` fired or
+    ``max_seconds`` ran out). ``checkpoint``: where to write the state dict (the JSON
+    recipe goes beside it); it is rewritten after every epoch and at the end.
+    The trained model is ``model`` (trained in place) or, when None, the one built from
+    ``config``; :func:`train` returns it.
+    """
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    train_pairs = as_pairs(train_data)
+    ignore = train_pairs.ignore_label
+    ndim = train_pairs.labels.ndim - 1
+    sampler = _sampler(config, train_pairs, augment=config.augment, seed=config.seed)
+    val_batches = []
+    if val_data is not None and len(val_data):
+        val_sampler = _sampler(config, as_pairs(val_data), augment=False, seed=config.seed + 1)
+        val_batches = val_sampler.fixed_batches(config.val_samples, config.batch_size, seed=config.seed + 1)
+    if model is None:
+        model = build_model(config, ndim)
+    model.to(device)
+    net = _net(model, config)
+    counts = sampler.class_counts(config.classes)
+    weight = None
+    if config.class_weight_power is not None:
+        weight = class_weights(counts, config.class_weight_power).to(device)
+    log_weight = None
+    if weight is not None and config.calibrate:
+        # classes without labels have weight 0: leave their bias alone
+        log_weight = torch.where(weight > 0, torch.log(weight.clamp_min(1e-12)), torch.zeros_like(weight))
+        head_of(model)  # fail now, not after training, if there is nothing to calibrate
+    optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = config.steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda s: (config.final_lr + 0.5 * (config.lr - config.final_lr) * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))) / config.lr,
+    )
+    factory, kwargs = config.factory(ndim)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    weights_text = "none" if weight is None else "[" + ", ".join(f"{w:.2f}" for w in weight.tolist()) + "]"
+    yield TrainEvent("start", 0, total_steps, 0, config.epochs, time.perf_counter() - t0,
+                     message=f"{len(train_pairs)} training pairs, {len(val_data) if val_data is not None else 0} "
+                             f"validation; labelled voxels per class {counts.tolist()}, class weights {weights_text}")
+    net.train()
+    step, losses_step, losses_epoch = 0, [], []
+    kind = "done"
+    history: dict = {}
+    for epoch in range(1, config.epochs + 1):
+        for _ in range(config.steps_per_epoch):
+            if _stop_requested(stop):
+                kind = "stopped"
+                break
+            if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
+                kind = "stopped"
+                break
+            batch = sampler.batch(config.batch_size).to(device)
+            loss = masked_cross_entropy(net(batch.x), batch.y, ignore_index=ignore, weight=weight)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            step += 1
+            value = float(loss.detach())
+            losses_step.append(value)
+            losses_epoch.append(value)
+            if step % config.log_every == 0:
+                yield TrainEvent("step", step, total_steps, epoch, config.epochs, time.perf_counter() - t0,
+                                 loss=float(np.mean(losses_step)), lr=optimiser.param_groups[0]["lr"])
+                losses_step = []
+        if kind == "stopped" and not losses_epoch:
+            break
+        val_loss = val_f1 = None
+        per_class = None
+        if val_batches:
+            val_loss, val_f1, per_class = evaluate(net, val_batches, config.classes, weight, ignore, device)
+            history = {"val_loss": val_loss, "val_f1": val_f1}
+        written = None
+        if ckpt_path is not None:
+            written = str(save_checkpoint(calibrated_state(model, log_weight), ckpt_path, factory, kwargs, {
+                "config": config.to_json(), "epoch": epoch, "step": step, **history}))
+        yield TrainEvent("epoch", step, total_steps, epoch, config.epochs, time.perf_counter() - t0,
+                         loss=float(np.mean(losses_epoch)) if losses_epoch else None,
+                         lr=optimiser.param_groups[0]["lr"], val_loss=val_loss, val_f1=val_f1,
+                         val_f1_per_class=tuple(per_class) if per_class else None, checkpoint=written)
+        losses_epoch = []
+        if kind == "stopped":
+            break
+    model.eval()
+    if log_weight is not None:
+        with torch.no_grad():
+            head_of(model).bias.sub_(log_weight.to(head_of(model).bias))
+    message = "" if kind == "done" else (
+        "time limit reached" if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds
+        else "stopped")
+    yield TrainEvent(kind, step, total_steps, epoch, config.epochs, time.perf_counter() - t0,
+                     checkpoint=str(ckpt_path) if ckpt_path is not None and ckpt_path.exists() else None,
+                     message=message)
+
+
+def train(config: TrainConfig, train_data, val_data=None, *, model: torch.nn.Module | None = None,
+          checkpoint: str | Path | None = None, stop=None,
+          on_event: Callable[[TrainEvent], None] | None = None) -> TrainResult:
+    """Run :func:`iter_train` to the end; returns the trained model (eval mode) and the events."""
+    pairs = as_pairs(train_data)
+    if model is None:
+        model = build_model(config, pairs.labels.ndim - 1)
+    events = []
+    for event in iter_train(config, pairs, val_data, model=model, checkpoint=checkpoint, stop=stop):
+        events.append(event)
+        if on_event is not None:
+            on_event(event)
+    return TrainResult(model=model.eval(), config=config, events=events,
+                       checkpoint=events[-1].checkpoint if events else None)
