@@ -229,3 +229,46 @@ def test_out_of_memory_halves_the_batch(tmp_path, volume):
     a = zarr.open_group(str(tmp_path / "picky.zarr"))["probabilities"][...]
     b = zarr.open_group(str(tmp_path / "plain.zarr"))["probabilities"][...]
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_region_cap_and_cancel_then_resume(tmp_path, volume):
+    from napari_qlty.predict import Cancelled
+
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    model = conv_model()
+    out = tmp_path / "out.zarr"
+    kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", chunks=(8, 8, 8), region=(16, 16, 16))
+    regions_seen = []
+    with pytest.raises(Cancelled):
+        for event in iter_predict(model, src, grid, out, cancelled=lambda: len(regions_seen) >= 3, **kwargs):
+            if event.kind == "region":
+                regions_seen.append(event.region)
+                assert all(b - a <= 16 for a, b in zip(event.start, event.stop))
+    meta = read_meta(out)
+    assert meta["layout"]["region"] == [16, 16, 16] and meta["complete"] is False
+    events = list(iter_predict(model, src, grid, out, **kwargs))
+    assert events[0].regions_done == 3
+    expected = infer(model, torch.from_numpy(x), grid, Weighting("border", 0.0)).numpy()
+    np.testing.assert_allclose(zarr.open_group(str(out))["probabilities"][...], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_retrained_module_is_not_resumed_into(tmp_path, volume):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    out = tmp_path / "out.zarr"
+    predict(conv_model(seed=0), src, grid, out, device="cpu")
+    predict(conv_model(seed=0), src, grid, out, device="cpu")  # same weights: complete, fine
+    with pytest.raises(StoreError, match="model"):
+        predict(conv_model(seed=1), src, grid, out, device="cpu")
+
+
+def test_callers_module_stays_where_it_is(tmp_path, volume):
+    from napari_qlty.predict import on_device
+
+    model = conv_model()
+    assert on_device(model, torch.device("cpu")) is model
+    meta_device = torch.device("meta")
+    moved = on_device(model, meta_device)
+    assert moved is not model and next(model.parameters()).device.type == "cpu"
+    assert next(moved.parameters()).device.type == "meta"

@@ -16,6 +16,7 @@ line shows them with tqdm, the napari widget updates a layer, tests assert on th
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import itertools
 import math
@@ -141,13 +142,19 @@ def plan_region_size(
     channels_out: int,
     batch_bytes: int,
     budget_bytes: int,
+    cap: Sequence[int] | None = None,
 ) -> tuple[int, ...]:
     """The largest chunk-aligned region whose working set fits ``budget_bytes``.
 
-    ``batch_bytes`` is what one batch costs inside the model (measured). Raises a clear
-    error when even a one-chunk region does not fit.
+    ``batch_bytes`` is what one batch costs inside the model (measured); ``cap`` bounds
+    the region shape (rounded down to whole chunks). Raises a clear error when even a
+    one-chunk region does not fit.
     """
     size = [math.ceil(p / c) * c for p, c in zip(grid.padded_shape, chunks)]
+    if cap is not None:
+        if len(cap) != grid.ndim or min(cap) < 1:
+            raise ValueError(f"region must be {grid.ndim} positive ints, got {tuple(cap)}")
+        size = [min(s, max(c, m // c * c)) for s, c, m in zip(size, chunks, cap)]
     while region_cost(grid, size, channels_in, channels_out) + batch_bytes > budget_bytes:
         shrinkable = [a for a in range(grid.ndim) if size[a] > chunks[a]]
         if not shrinkable:
@@ -327,6 +334,8 @@ def iter_predict(
     scheduler: str | object | None = None,
     overwrite: bool = False,
     axes: str | None = None,
+    region: Sequence[int] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[Event]:
     """Run ``model`` over every window of ``source`` into the zarr store ``output``.
 
@@ -335,7 +344,10 @@ def iter_predict(
     file (:class:`ModelSpec`). ``memory_budget`` bounds the working set ('2GiB'); the
     default is half the available memory, at most 4 GiB. ``workers`` > 1 runs regions on
     threads; ``scheduler`` (an address or a ``distributed.Client``) runs them on a dask
-    cluster (source and model must then be files). Yields :class:`Event` objects.
+    cluster (source and model must then be files). ``region`` caps the region shape
+    (rounded down to whole chunks; smaller regions stream results sooner). ``cancelled``
+    is polled between batches: when it returns True the run stops with
+    :class:`Cancelled`, and rerunning resumes. Yields :class:`Event` objects.
     """
     t0 = time.perf_counter()
     if not (probabilities or labels):
@@ -360,7 +372,7 @@ def iter_predict(
         model = ModelSpec.parse(model)
     if scheduler is not None and not isinstance(model, ModelSpec):
         raise ValueError("a cluster run needs the model as a file (ModelSpec or path), not an object")
-    live_model = load_model(model, dev) if isinstance(model, ModelSpec) else model
+    live_model = load_model(model, dev) if isinstance(model, ModelSpec) else on_device(model, dev)
     channels_out = check_model_output(live_model, src.shape[1], grid.window, dev)
     budget = parse_bytes(memory_budget) or min(4 << 30, available_memory() // 2)
     per_batch = batch_bytes(live_model, src.shape[1], grid.window, batch_size, dev)
@@ -370,7 +382,7 @@ def iter_predict(
 
     params = {
         "input": src.fingerprint,
-        "model": model.fingerprint() if isinstance(model, ModelSpec) else f"object:{type(model).__name__}",
+        "model": model.fingerprint() if isinstance(model, ModelSpec) else model_fingerprint(model),
         "grid": {"shape": grid.shape, "window": grid.window, "step": grid.step, "border": grid.border,
                  "pad": grid.pad},
         "weighting": {"mode": weighting_id(weighting), "border_weight": weighting.border_weight,
@@ -383,7 +395,7 @@ def iter_predict(
         "channels": channels_out,
         "shape": grid.shape,
         "chunks": chunks,
-        "region": plan_region_size(grid, chunks, src.shape[1], channels_out, per_batch, budget),
+        "region": plan_region_size(grid, chunks, src.shape[1], channels_out, per_batch, budget, region),
         "region_counts": None,
         "probabilities": probabilities,
         "labels": labels,
@@ -410,7 +422,7 @@ def iter_predict(
                 message=f"{len(todo)} of {len(tasks)} regions to run ({len(finished)} finished before)")
     deps = {t: {(t[0], *s) for s in regions.senders(t[1:])} - finished for t in todo}
     regions_done = len(finished)
-    for task in _execute(job, todo, deps, workers, scheduler):
+    for task in _execute(job, todo, deps, workers, scheduler, cancelled):
         regions_done += 1
         done_windows += per_task[task]
         start, stop = regions.bounds(task[1:])
@@ -420,6 +432,26 @@ def iter_predict(
     store.mark_complete()
     yield Event("done", done_windows, windows_total, regions_done, len(tasks), time.perf_counter() - t0,
                 message=f"wrote {output}")
+
+
+def on_device(model, device: torch.device):
+    """A module whose parameters live elsewhere is copied to ``device``; the caller's stays put."""
+    if isinstance(model, torch.nn.Module):
+        tensors = list(model.parameters()) + list(model.buffers())
+        if any(t.device != device for t in tensors):
+            model = copy.deepcopy(model).to(device)
+    return model
+
+
+def model_fingerprint(model) -> str:
+    """A module is known by its class and the bytes of its weights; other callables by name."""
+    if isinstance(model, torch.nn.Module):
+        digest = hashlib.sha256(type(model).__qualname__.encode())
+        for name, tensor in sorted(model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return "module:" + digest.hexdigest()
+    return "callable:" + getattr(model, "__qualname__", type(model).__qualname__)
 
 
 def weighting_id(weighting: Weighting) -> str:
@@ -441,17 +473,21 @@ def predict(*args, on_event: Callable[[Event], None] | None = None, **kwargs) ->
     return last
 
 
-def _execute(job: Job, todo: list, deps: dict, workers: int, scheduler) -> Iterator[tuple]:
+def _execute(job: Job, todo: list, deps: dict, workers: int, scheduler, cancelled=None) -> Iterator[tuple]:
     """Run tasks as their senders finish; yield each task as it finishes."""
     if scheduler is not None:
         yield from _execute_distributed(job, todo, deps, scheduler)
         return
     if workers == 1:
         for task in todo:  # C order: senders always come first
-            run_region(job, task)
+            run_region(job, task, cancelled)
             yield task
         return
     stop = threading.Event()
+
+    def should_stop() -> bool:
+        return stop.is_set() or (cancelled is not None and bool(cancelled()))
+
     waiting = {t: set(d) for t, d in deps.items()}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         running = {}
@@ -459,7 +495,7 @@ def _execute(job: Job, todo: list, deps: dict, workers: int, scheduler) -> Itera
         def submit_ready():
             for t in [t for t, d in waiting.items() if not d]:
                 del waiting[t]
-                running[pool.submit(run_region, job, t, stop.is_set)] = t
+                running[pool.submit(run_region, job, t, should_stop)] = t
 
         try:
             submit_ready()

@@ -395,14 +395,14 @@ def test_inference_cancel_resume_with_registered_model(viewer, sample_layers, tm
         wait_idle(qtbot, widget)
         assert widget.outcome == "done", widget.status.value
         assert widget.events_seen.count("region") == total - finished
+        assert net.training  # the widget ran a copy in eval mode: the owner's model is untouched
         grid = Grid(SHAPE, 16, 12, 2)
         expected = _expected(net.eval(), image, grid, Weighting("hann", border_weight=0.5))
         np.testing.assert_allclose(
             zarr.open_group(str(out), mode="r")["probabilities"][0], expected, atol=1e-5
         )
         np.testing.assert_allclose(np.asarray(widget.probability_layer.data[...]), expected[1], atol=1e-5)
-        assert len([l for l in viewer.layers if "P(class" in l.name]) == 1  # one layer, reused
-        assert net.training is False or net.conv.weight.requires_grad  # owner's model untouched
+        assert len([layer for layer in viewer.layers if "P(class" in layer.name]) == 1  # reused
     finally:
         unregister_model("tiny (slow)")
     assert widget.model_combo.choices == (MODEL_FILE,)

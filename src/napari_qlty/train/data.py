@@ -169,7 +169,7 @@ class _Sampler:
 class PlanarSampler(_Sampler):
     """2.5D samples ``(C * (2 context + 1), p, p)`` with labels ``(p, p)`` from 3D pairs.
 
-    The in-plane crop is ``patch`` (clipped to the window); the slice's orientation is
+    The in-plane crop is ``patch`` squared (at most the window's smallest side); the slice's orientation is
     drawn in proportion to the labelled voxels of the three planes through the centre.
     ``axes`` limits the orientations (0: XY slices, 1: XZ, 2: YZ).
     """
@@ -181,8 +181,8 @@ class PlanarSampler(_Sampler):
             raise ValueError(f"planar samples need 3D pairs, got windows of {self.window}")
         self.context = int(context)
         self.axes = tuple(int(a) for a in axes)
-        p = int(patch)
-        self.patch = p
+        # one square size for every orientation, so samples stack into batches
+        self.patch = min(int(patch), *self.window)
         labelled = (self.pairs.labels != self.ignore_label).to(torch.int32)
         # labelled voxels per plane, per pair and axis: (K, w_axis)
         self.plane_counts = [
@@ -194,7 +194,7 @@ class PlanarSampler(_Sampler):
         weights = np.array([self.plane_counts[a][j, v[a]] if a in self.axes else 0 for a in range(3)], float)
         axis = int(self.rng.choice(3, p=weights / weights.sum()))
         others = [d for d in range(3) if d != axis]
-        size = [min(self.patch, self.window[d]) for d in others]
+        size = [self.patch, self.patch]
         o = self._origin([v[d] for d in others], size, [self.window[d] for d in others], self.augment)
         image, labels = self.pairs[j]
         n, k = self.window[axis], self.context

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..clean import IGNORE
 from ..models import ModelSpec, load_model, resolve_device
-from .data import PlanarSampler, VolumeSampler, as_pairs
+from .data import Batch, PlanarSampler, VolumeSampler, as_pairs
 from .metrics import confusion_matrix, f1_scores
 from .networks import ARCHITECTURES, FACTORIES, planar
 
@@ -320,6 +320,8 @@ def evaluate(net: torch.nn.Module, batches, classes: int, weight: torch.Tensor |
     try:
         for b in batches:
             b = b.to(device)
+            if b.x.ndim == 4:
+                b = Batch(b.x.contiguous(memory_format=torch.channels_last), b.y)
             logits = net(b.x)
             n = int((b.y != ignore_index).sum())
             if n:
@@ -404,6 +406,8 @@ def iter_train(
                 kind = "stopped"
                 break
             batch = sampler.batch(config.batch_size).to(device)
+            if config.planar:
+                batch = Batch(batch.x.contiguous(memory_format=torch.channels_last), batch.y)
             loss = masked_cross_entropy(net(batch.x), batch.y, ignore_index=ignore, weight=weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
