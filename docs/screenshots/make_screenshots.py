@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     inference.weighting_combo.value = "gaussian"
     inference.chunks_edit.value = "64, 32, 32"  # regions are tiles of the slice: watch them fill
     inference.batch_spin.value = 1
-    inference.memory_edit.value = "48MB"  # small enough for several regions
+    inference.region_edit.value = "64, 32, 32"  # several regions: watch them fill
     inference.output_edit.value = work / "tomogram-prediction.zarr"
     labels.visible = False
     inference.run()

@@ -299,6 +299,9 @@ def parse_args(argv):
                         "checkout; 'none': only the output folder)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small convolutions gain nothing from more on a "
+                        "CPU, and lose a lot when the machine is shared)")
     p.add_argument("--max-train-seconds", type=float, default=240.0,
                    help="stop training when this much time is spent (both networks); 0: no limit")
     # hidden knobs (tests, experiments)
@@ -325,6 +328,8 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     shape = PAPER_SHAPE if args.paper else (args.shape or DEMO_SHAPE)

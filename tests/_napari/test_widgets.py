@@ -301,10 +301,8 @@ def _set_inference_fields(widget, path):
     widget.border_weight_spin.value = 0.5
     widget.postprocess_combo.value = "softmax"
     widget.chunks_edit.value = "16"
-    # a budget that fits one-chunk regions but not the whole volume: the map streams in
-    # several regions (batch 1 keeps the model's measured share of the budget small)
     widget.batch_spin.value = 1
-    widget.memory_edit.value = "2MB"
+    widget.region_edit.value = "16"  # several regions: results stream, cancel has somewhere to stop
     widget.output_edit.value = path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,7 +36,7 @@ from napari.layers import Image
 
 from ..grid import Grid
 from ..models import ModelSpec, load_model, resolve_device
-from ..predict import iter_predict
+from ..predict import Cancelled, iter_predict
 from ..sources import open_source
 from ..weights import Weighting
 from ._base import ViewerWidget, form, grid_button, set_status, status_label
@@ -131,6 +132,11 @@ class InferenceWidget(ViewerWidget):
             tooltip="Chunk edge of the output folder (one number or one per axis); regions are "
                     "whole chunks. Empty: automatic",
         )
+        self.region_edit = LineEdit(
+            value="", label="region size",
+            tooltip="Largest region computed at once (one number or one per axis, whole chunks): "
+                    "smaller regions show results sooner. Empty: as large as the budget allows",
+        )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
@@ -141,11 +147,13 @@ class InferenceWidget(ViewerWidget):
             form(self.image_combo, self.model_combo, self.model_path, self.factory_edit, self.device_combo,
                  self.batch_spin, self.copy_grid, self.window_edit, self.step_edit, self.border_edit,
                  self.weighting_combo, self.border_weight_spin, self.postprocess_combo, outputs,
-                 self.output_edit, self.output_hint, self.memory_edit, self.chunks_edit),
+                 self.output_edit, self.output_hint, self.memory_edit, self.chunks_edit,
+                 self.region_edit),
             self.overwrite_check, buttons, self.progress, self.status,
         ])
 
         self.worker = None
+        self._cancel_requested = threading.Event()
         #: "done", "cancelled", "error" or None; the last event seen
         self.outcome: str | None = None
         self.last_event = None
@@ -254,7 +262,10 @@ class InferenceWidget(ViewerWidget):
             overwrite=bool(self.overwrite_check.value),
             memory_budget=self.memory_edit.value.strip() or None,
             chunks=parse_optional_per_axis(self.chunks_edit.value, "chunk size", ndim),
+            region=parse_optional_per_axis(self.region_edit.value, "region size", ndim),
+            cancelled=self._cancel_requested.is_set,
         )
+        self._cancel_requested.clear()
         if self.path != path:
             self.probability_layer = self.labels_layer = None
         self.path, self._image = path, image
@@ -283,10 +294,11 @@ class InferenceWidget(ViewerWidget):
         return model
 
     def cancel(self, *_) -> None:
-        """Stop after the region in progress; Run with the same parameters resumes."""
+        """Stop after the batch in progress; Run with the same parameters resumes."""
         if self.worker is not None:
+            self._cancel_requested.set()
             self.worker.quit()
-            set_status(self.status, "Cancelling after the region in progress…")
+            set_status(self.status, "Cancelling after the batch in progress…")
 
     # -- events -------------------------------------------------------------------------------
     def _on_event(self, event) -> None:
@@ -389,6 +401,8 @@ class InferenceWidget(ViewerWidget):
     def _on_returned(self, result) -> None:
         if isinstance(result, Failed):
             self._fail(result.error)
+        elif result is None and self._cancel_requested.is_set():  # stopped inside a region
+            self._on_aborted()
 
     def _fail(self, exc) -> None:
         self.outcome = "error"
@@ -407,6 +421,8 @@ def _relay(model, source, grid, path, **kwargs):
     try:
         for event in iter_predict(model, source, grid, path, **kwargs):
             yield event
+    except Cancelled:
+        return None  # the widget reports the cancel (aborted)
     except Exception as e:  # handed to the GUI thread, shown there
         return Failed(e)
     return time.perf_counter() - t0
