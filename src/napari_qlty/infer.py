@@ -15,7 +15,7 @@ import torch
 from .grid import Grid
 from .stitch import Accumulator, accumulation_dtype, check_patches
 from .tiles import as_tensor, check_volume, pad_far_end, window_slices
-from .weights import Weighting, WindowWeights
+from .weights import Weighting, WindowWeights, window_weights
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -66,7 +66,7 @@ def infer(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else x.device
-    weights = WindowWeights(grid, weighting)
+    weights = window_weights(grid, weighting)
     if grid.needs_padding:
         x = pad_far_end(x, grid.padded_shape, grid.pad)
     n_images = x.shape[0]

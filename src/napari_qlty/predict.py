@@ -20,7 +20,6 @@ import copy
 import hashlib
 import itertools
 import math
-import resource
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +37,7 @@ from .sources import Source, open_source
 from .stitch import Accumulator, normalise_
 from .store import OutputStore
 from .tiles import read_region
-from .weights import Weighting, WindowWeights
+from .weights import Weighting, WindowWeights, window_weights
 
 POSTPROCESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda y: torch.softmax(y, dim=1),
@@ -170,27 +169,26 @@ def plan_region_size(
     return tuple(size)
 
 
-def batch_bytes(model, channels_in: int, window: Sequence[int], batch_size: int, device: torch.device) -> int:
-    """Memory one batch takes inside the model: measured on one window, scaled.
+def batch_bytes(model, channels_in: int, channels_out: int, window: Sequence[int], batch_size: int,
+                device: torch.device) -> int:
+    """Memory one batch takes inside the model.
 
-    CUDA: the peak allocated while the window runs. CPU: the growth of the process'
-    peak resident set (0 when an earlier peak hides it), never less than the window in
-    and out plus generous room for activations.
+    CUDA: the peak allocated while one window runs, measured. CPU: an estimate (the
+    window in and out with room for activations, 32 bytes a channel-voxel), not a
+    measurement, so the same command always plans the same regions (and gives the same
+    bytes).
     """
     voxels = math.prod(window)
-    floor = voxels * 4 * (channels_in + 2) * 8
+    estimate = voxels * 4 * (channels_in + channels_out + 1) * 8
+    if device.type != "cuda":
+        return batch_size * estimate
     x = torch.zeros((1, channels_in, *window), device=device)
     with torch.no_grad():
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-            model(x)
-            measured = torch.cuda.max_memory_allocated(device) - before
-        else:
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            model(x)
-            measured = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    return batch_size * max(measured, floor)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        model(x)
+        measured = torch.cuda.max_memory_allocated(device) - before
+    return batch_size * max(measured, estimate)
 
 
 # -- one task ------------------------------------------------------------------------------
@@ -211,18 +209,19 @@ class Job:
     token: str = field(default_factory=lambda: f"{time.time_ns()}")
 
 
-_weights_cache: dict[str, WindowWeights] = {}
 _weights_lock = threading.Lock()
+_map_weights: dict[str, WindowWeights] = {}
 
 
 def _weights(job: Job) -> WindowWeights:
+    """The run's weights, built once per process (a user map once per run)."""
     with _weights_lock:
-        hit = _weights_cache.get(job.token)
-        if hit is None:
-            hit = _weights_cache[job.token] = WindowWeights(job.grid, job.weighting)
-            while len(_weights_cache) > 4:
-                _weights_cache.pop(next(iter(_weights_cache)))
-        return hit
+        if job.weighting.mode != "map":
+            return window_weights(job.grid, job.weighting)
+        if job.token not in _map_weights:
+            _map_weights.clear()
+            _map_weights[job.token] = WindowWeights(job.grid, job.weighting)
+        return _map_weights[job.token]
 
 
 def spill_key(n: int, sender: Sequence[int], receiver: Sequence[int]) -> str:
@@ -375,7 +374,7 @@ def iter_predict(
     live_model = load_model(model, dev) if isinstance(model, ModelSpec) else on_device(model, dev)
     channels_out = check_model_output(live_model, src.shape[1], grid.window, dev)
     budget = parse_bytes(memory_budget) or min(4 << 30, available_memory() // 2)
-    per_batch = batch_bytes(live_model, src.shape[1], grid.window, batch_size, dev)
+    per_batch = batch_bytes(live_model, src.shape[1], channels_out, grid.window, batch_size, dev)
     chunks = tuple(chunks) if chunks is not None else default_chunks(grid.shape)
     if len(chunks) != grid.ndim or min(chunks) < 1:
         raise ValueError(f"chunks must be {grid.ndim} positive ints, got {chunks}")
@@ -473,6 +472,23 @@ def predict(*args, on_event: Callable[[Event], None] | None = None, **kwargs) ->
     return last
 
 
+class ReadyQueue:
+    """Tasks handed out as soon as all the regions they wait for are finished."""
+
+    def __init__(self, deps: dict) -> None:
+        self.waiting = {t: set(d) for t, d in deps.items()}
+
+    def pop_ready(self) -> list:
+        ready = [t for t, d in self.waiting.items() if not d]
+        for t in ready:
+            del self.waiting[t]
+        return ready
+
+    def finished(self, task) -> None:
+        for d in self.waiting.values():
+            d.discard(task)
+
+
 def _execute(job: Job, todo: list, deps: dict, workers: int, scheduler, cancelled=None) -> Iterator[tuple]:
     """Run tasks as their senders finish; yield each task as it finishes."""
     if scheduler is not None:
@@ -488,26 +504,21 @@ def _execute(job: Job, todo: list, deps: dict, workers: int, scheduler, cancelle
     def should_stop() -> bool:
         return stop.is_set() or (cancelled is not None and bool(cancelled()))
 
-    waiting = {t: set(d) for t, d in deps.items()}
+    queue = ReadyQueue(deps)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         running = {}
-
-        def submit_ready():
-            for t in [t for t, d in waiting.items() if not d]:
-                del waiting[t]
-                running[pool.submit(run_region, job, t, should_stop)] = t
-
         try:
-            submit_ready()
-            while running:
+            while True:
+                for t in queue.pop_ready():
+                    running[pool.submit(run_region, job, t, should_stop)] = t
+                if not running:
+                    break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     task = running.pop(future)
                     future.result()
-                    for d in waiting.values():
-                        d.discard(task)
+                    queue.finished(task)
                     yield task
-                submit_ready()
         finally:
             stop.set()
 
@@ -517,14 +528,13 @@ def _execute_distributed(job: Job, todo: list, deps: dict, scheduler) -> Iterato
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
-        waiting = {t: set(d) for t, d in deps.items()}
+        queue = ReadyQueue(deps)
         job_future = client.scatter(job, broadcast=True)
         futures = as_completed()
         keys = {}
 
         def submit_ready():
-            for t in [t for t, d in waiting.items() if not d]:
-                del waiting[t]
+            for t in queue.pop_ready():
                 f = client.submit(run_region, job_future, t, pure=False)
                 keys[f.key] = t
                 futures.add(f)
@@ -533,8 +543,7 @@ def _execute_distributed(job: Job, todo: list, deps: dict, scheduler) -> Iterato
         for future in futures:
             task = keys.pop(future.key)
             future.result()
-            for d in waiting.values():
-                d.discard(task)
+            queue.finished(task)
             yield task
             submit_ready()
     finally:

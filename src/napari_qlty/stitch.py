@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from .grid import Grid
-from .weights import Weighting, WindowWeights
+from .weights import Weighting, WindowWeights, window_weights
 
 #: voxels of total weight built at a time when normalising: few, large operations
 #: (robust to a loaded machine) while the weight block stays a small part of the output
-NORMALISE_BLOCK = 1 << 22
+NORMALISE_BLOCK = 1 << 20
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -159,7 +159,9 @@ def normalise_(sums: torch.Tensor, weights: WindowWeights, start: Sequence[int])
     value is NaN or infinite (a model output went wrong).
     """
     size = sums.shape[2:]
-    rows = max(1, NORMALISE_BLOCK // max(1, math.prod(size[1:])))
+    # on a GPU one block: kernel launches, not memory, are the cost there
+    block = math.prod(size) if sums.device.type == "cuda" else NORMALISE_BLOCK
+    rows = max(1, block // max(1, math.prod(size[1:])))
     bad = torch.zeros((), dtype=torch.bool, device=sums.device)
     for r0 in range(0, size[0], rows):
         r1 = min(r0 + rows, size[0])
@@ -227,7 +229,7 @@ def stitch(
             f"got {patches.shape[0]} patches, but this grid has {per_image} windows per image: "
             f"the count must be a positive multiple of {per_image}"
         )
-    weights = weighting if isinstance(weighting, WindowWeights) else WindowWeights(grid, weighting)
+    weights = weighting if isinstance(weighting, WindowWeights) else window_weights(grid, weighting)
     acc = Accumulator(
         weights,
         patches.shape[0] // per_image,

@@ -18,6 +18,7 @@ take over there, so the half of the profile on that side is flat at 1.
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,24 @@ def outer(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+_shared: OrderedDict[tuple, WindowWeights] = OrderedDict()
+
+
+def window_weights(grid: Grid, weighting: Weighting = Weighting()) -> WindowWeights:
+    """The weights of ``grid`` under ``weighting``, shared between calls (built once)."""
+    if weighting.mode == "map":  # maps are not compared by value: never shared
+        return WindowWeights(grid, weighting)
+    key = (grid, weighting)
+    hit = _shared.get(key)
+    if hit is None:
+        hit = _shared[key] = WindowWeights(grid, weighting)
+        while len(_shared) > 4:
+            _shared.popitem(last=False)
+    else:
+        _shared.move_to_end(key)
+    return hit
+
+
 class WindowWeights:
     """The weights of every window of one grid, and their sum over the volume.
 
@@ -129,9 +148,10 @@ class WindowWeights:
         self.grid = grid
         self.weighting = weighting
         self.cache_bytes = cache_bytes
+        # shared by the threads of a run: the LRU is guarded, the tail is swapped whole
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self._tail_key: tuple | None = None
-        self._tail: tuple[torch.Tensor, torch.Tensor] = ()  # type: ignore[assignment]
+        self._lock = threading.Lock()
+        self._tail: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
         bw = float(weighting.border_weight)
         if not any(grid.border):
             bw = 1.0  # no band: both products are the same, use one (exact)
@@ -189,20 +209,22 @@ class WindowWeights:
     def for_class(self, cls: EdgeClass, device=None, dtype=torch.float32) -> torch.Tensor:
         """The weight array of one window class, on ``device``."""
         key = (cls, str(device), dtype)
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         if self.weighting.mode == "map":
             w = self._map.to(device=device, dtype=dtype)
         else:
             per_axis = [self._profiles[a][c] for a, c in enumerate(cls)]
             w = self._combine([p[0] for p in per_axis], [p[1] for p in per_axis], device, dtype)
-        self._cache[key] = w
-        while len(self._cache) > 2 and sum(
-            t.numel() * t.element_size() for t in self._cache.values()
-        ) > self.cache_bytes:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = w
+            while len(self._cache) > 2 and sum(
+                t.numel() * t.element_size() for t in self._cache.values()
+            ) > self.cache_bytes:
+                self._cache.popitem(last=False)
         return w
 
     def for_window(self, position_in_image: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -225,16 +247,17 @@ class WindowWeights:
         box = tuple(slice(a, b) for a, b in zip(start, stop))
         if self.weighting.mode == "map":
             return self._norm_map[box].to(device=device, dtype=dtype)
-        key = (box[1:], str(device), dtype)
-        if self._tail_key != key:
-            self._tail = tuple(
+        key = (tuple((sl.start, sl.stop) for sl in box[1:]), str(device), dtype)
+        cached = self._tail  # one read: another thread may swap in another box's tail
+        if cached is None or cached[0] != key:
+            tails = tuple(
                 outer([torch.as_tensor(s[sl], dtype=dtype, device=device) for s, sl in zip(sums[1:], box[1:])])
                 if self.grid.ndim > 1
                 else torch.ones((), dtype=dtype, device=device)
                 for sums in (self._sum_a, self._sum_b)
             )
-            self._tail_key = key
-        tail_a, tail_b = self._tail
+            cached = self._tail = (key, tails)
+        tail_a, tail_b = cached[1]
         shape = (-1,) + (1,) * (self.grid.ndim - 1)
 
         def lead(sums):
