@@ -140,7 +140,7 @@ from napari_qlty.predict import predict
 src, model, out = sys.argv[1:4]
 shape = zarr.open_array(src, mode="r").shape[2:]
 grid = Grid(shape, 128, 108, 10)
-kw = dict(weighting=Weighting("border", 0.0), device="cpu", memory_budget="512MiB", overwrite=True,
+kw = dict(weighting=Weighting("border", 0.0), device="cpu", memory_budget="2GiB", overwrite=True,
           postprocess="softmax")
 predict(ModelSpec(model), src, grid, out + "/local.zarr", **kw)
 with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as c, Client(c) as client:
@@ -149,6 +149,14 @@ a = zarr.open_group(out + "/local.zarr")["probabilities"][...]
 b = zarr.open_group(out + "/cluster.zarr")["probabilities"][...]
 print("identical" if np.array_equal(a, b) else f"DIFFERENT max {np.abs(a - b).max()}")
 """
+
+
+class Rows(list):
+    """Table rows, each also printed to stderr as soon as it is measured."""
+
+    def append(self, row) -> None:
+        print("row:", row, file=sys.stderr, flush=True)
+        super().append(row)
 
 
 def run_py(code: str, *args, python=sys.executable, timed=True):
@@ -170,6 +178,7 @@ def main() -> int:
     p.add_argument("--peers-python", default=os.path.join(REPO, ".venv-peers", "bin", "python"))
     p.add_argument("--qlty-windows", type=int, default=40)
     p.add_argument("--skip", default="", help="comma list of steps to skip: floor,ours,qlty,cluster")
+    p.add_argument("--reuse-input", action="store_true", help="keep an input.zarr already in --workdir")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     work = args.workdir or tempfile.mkdtemp(prefix="qlty-ooc-")
@@ -177,12 +186,13 @@ def main() -> int:
     z, y, x = shape_for(parse_size(args.size))
     gib = z * y * x * 4 / (1 << 30)
     src, model = os.path.join(work, "input.zarr"), os.path.join(work, "model.pt")
-    rows = []
+    rows = Rows()
     print(f"input (1, 1, {z}, {y}, {x}) float32 = {gib:.2f} GiB; budget {args.budget}; work dir {work}",
           file=sys.stderr)
-    t_make, rss_make, _ = run_py(MAKE, src, z, y, x)
+    if not (args.reuse_input and os.path.exists(src)):
+        t_make, rss_make, _ = run_py(MAKE, src, z, y, x)
+        rows.append(("make input (zarr write)", t_make, rss_make, ""))
     run_py(MODEL, model, timed=False)
-    rows.append(("make input (zarr write)", t_make, rss_make, ""))
     if "floor" not in skip:
         t_floor, rss_floor, _ = run_py(FLOOR, src, os.path.join(work, "floor.zarr"), args.dtype)
         rows.append(("floor: zarr read input + write output", t_floor, rss_floor, "1.00x"))

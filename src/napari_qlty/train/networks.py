@@ -71,10 +71,13 @@ class UNet(nn.Module):
         levels: int = 2,
         growth: int = 2,
         norm: str | None = None,
+        pool: str = "max",
     ) -> None:
         super().__init__()
         if levels < 0:
             raise ValueError(f"levels must be >= 0, got {levels}")
+        if pool not in ("max", "avg"):
+            raise ValueError(f"pool must be 'max' or 'avg', got {pool!r}")
         conv = _conv(dims)
         self.dims = dims
         widths = [channels * growth**i for i in range(levels + 1)]
@@ -88,7 +91,10 @@ class UNet(nn.Module):
             self.up.append(_Block(dims, c + w_skip, w_skip, norm))
             c = w_skip
         self.head = conv(c, classes, 1)
-        self._pool = F.max_pool2d if dims == 2 else F.max_pool3d
+        if pool == "max":
+            self._pool = F.max_pool2d if dims == 2 else F.max_pool3d
+        else:
+            self._pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
