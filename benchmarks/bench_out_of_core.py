@@ -211,6 +211,7 @@ def main() -> int:
         qz, qy, qx = 236, 720, 510
         qlty_rate = float(run_py(QLTY, os.path.join(work, "qlty"), args.qlty_windows, qz, qy, qx, 128, 108,
                                  python=args.peers_python, timed=False).split()[0])
+        shutil.rmtree(os.path.join(work, "ours_small.zarr"), ignore_errors=True)  # else it resumes
         ours_rate = float(run_py(OURS_SAME, os.path.join(work, "ours_small.zarr"), qz, qy, qx, 128, 108,
                                  timed=False).split()[0])
         rows.append((f"qlty LargeNCZYXQuilt, ({qz}, {qy}, {qx}) w128 s108", float("nan"), float("nan"),

@@ -43,7 +43,7 @@ from napari_qlty.train import (
     train,
 )
 from napari_qlty.train.networks import reflect_index
-from napari_qlty.train.trainer import calibrated_state, evaluate
+from napari_qlty.train.trainer import evaluate
 
 
 @pytest.fixture(autouse=True)
@@ -303,14 +303,67 @@ def test_plain_network_checkpoint(tmp_path, dims):
 
 def test_calibration_moves_the_head_bias_only(tmp_path):
     pairs, _, _ = synthetic_pairs()
-    config = TrainConfig(arch="unet", net={"channels": 2, "levels": 1}, patch=8, batch_size=2, epochs=1,
-                         steps_per_epoch=2, calibrate=True, class_weight_power=1.0)
-    result = train(config, pairs, checkpoint=tmp_path / "c.pt")
+    common = dict(arch="unet", net={"channels": 2, "levels": 1}, patch=8, batch_size=2, epochs=1,
+                  steps_per_epoch=2, class_weight_power=1.0, seed=3)
+    plain = train(TrainConfig(**common, calibrate=False), pairs).model.state_dict()
+    result = train(TrainConfig(**common, calibrate=True), pairs, checkpoint=tmp_path / "c.pt")
     saved = torch.load(tmp_path / "c.pt", weights_only=True)
     live = result.model.state_dict()
     assert all(torch.equal(saved[k], live[k]) for k in live)  # the returned model is the saved one
-    uncal = calibrated_state(result.model, torch.zeros(2))
-    assert all(torch.equal(uncal[k], live[k]) for k in live)
+    log_w = torch.log(class_weights([int((pairs.labels == c).sum()) for c in (0, 1)], 1.0))
+    for k in live:
+        if k == "net.head.bias":
+            torch.testing.assert_close(live[k], plain[k] - log_w)
+        else:
+            assert torch.equal(live[k], plain[k]), k
+
+
+@pytest.mark.parametrize("make", [lambda: UNet(dims=2, channels=3, levels=2, norm="batch"),
+                                  lambda: UNet(dims=3, channels=2, levels=1, norm="batch"),
+                                  lambda: MSDNet(dims=2, layers=4, width=2, norm="batch")])
+def test_batchnorm_folds_into_the_convolutions(make):
+    from napari_qlty.train.networks import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = make()
+    dims = net.dims
+    net.train()
+    for _ in range(3):  # give the running statistics something to hold
+        net(torch.randn(4, 1, *(9,) * dims) * 2 + 1)
+    net.eval()
+    x = torch.randn(2, 1, *(11, 7, 10)[:dims])
+    with torch.no_grad():
+        before = net(x)
+        fold_batchnorm(net)
+        after = net(x)
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    # and it is the network the factory builds without norm
+    plain = type(net)(**{"dims": dims, **({"channels": net.down[0][0].out_channels, "levels": len(net.down) - 1}
+                                           if isinstance(net, UNet) else {"layers": 4, "width": 2})})
+    plain.load_state_dict(net.state_dict())
+
+
+def test_batchnorm_checkpoint_reloads_and_predicts(tmp_path):
+    from napari_qlty.predict import predict
+
+    pairs, _, _ = synthetic_pairs()
+    config = TrainConfig(arch="unet", net={"channels": 2, "levels": 1, "norm": "batch"}, patch=8, batch_size=4,
+                         epochs=1, steps_per_epoch=3)
+    result = train(config, pairs, checkpoint=tmp_path / "bn.pt")
+    spec = checkpoint_spec(tmp_path / "bn.pt")
+    assert dict(spec.factory_kwargs)["norm"] is None
+    x = torch.randn(1, 1, 12, 14, 10)
+    _same_outputs(load_model(spec), result.model, x)
+    # the folded model has no batch-norm buffers, so it goes through predict as an object
+    grid = Grid(x.shape[2:], window=8, step=6, border=1)
+    predict(result.model, x.numpy(), grid, tmp_path / "out.zarr", weighting=Weighting("border", 0.0),
+            postprocess="softmax", device="cpu")
+    import zarr
+
+    expected = infer(result.model, x, grid, Weighting("border", 0.0), postprocess=lambda y: y.softmax(1))
+    got = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["probabilities"][...]
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
 
 
 # -- ensembles ---------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ F1_TARGET, SEAM_TOLERANCE = 0.85, 0.02
 
 #: the two members of the ensemble (2.5D: 2D networks on slices with 2 neighbours a side)
 NETWORKS = {
-    "unet": {"arch": "unet", "net": {"channels": 8, "levels": 2}},
+    "unet": {"arch": "unet", "net": {"channels": 8, "levels": 2, "norm": "batch"}},
     "msdnet": {"arch": "msdnet", "net": {"layers": 20, "width": 1, "max_dilation": 8}},
 }
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FACTORIES", "MSDNet", "Planar", "UNet", "msdnet", "planar", "reflect_index", "stack_slices", "unet"]
+__all__ = ["FACTORIES", "MSDNet", "Planar", "UNet", "fold_batchnorm", "msdnet", "planar", "reflect_index", "stack_slices", "unet"]
 
 
 def _conv(dims: int):
@@ -59,7 +59,7 @@ class UNet(nn.Module):
 
     Pooling uses ``ceil_mode`` and the decoder upsamples to the exact size of the skip
     connection, so any input size works and the output has the input's spatial size.
-    The receptive field of the default (2 levels) is 45 voxels per axis.
+    The receptive field of the default (2 levels) is 41 voxels per axis.
     """
 
     def __init__(
@@ -233,6 +233,36 @@ def stack_slices(x: torch.Tensor, axis: int, context: int) -> torch.Tensor:
     w = w.movedim(d, 1)  # (B, m, C, h, w, 2k+1)
     b, m, c, h, ww, t = w.shape
     return w.permute(0, 1, 2, 5, 3, 4).reshape(b * m, c * t, h, ww)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every batch norm of a UNet or MSDNet (inside ``model``) into the convolution
+    before it, in place, and return ``model``.
+
+    In eval mode a batch norm is a fixed affine map per channel, so the folded network
+    gives the same outputs; it is the network its factory builds with ``norm=None``
+    (same state-dict keys), runs faster, and carries no batch-norm buffers.
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, _Block):
+                for i in (0, 3):
+                    if isinstance(module[i + 1], nn.modules.batchnorm._BatchNorm):
+                        _fold(module[i], module[i + 1])
+                        module[i + 1] = nn.Identity()
+            elif isinstance(module, MSDNet):
+                for i, (conv, norm) in enumerate(zip(module.convs, module.norms)):
+                    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+                        _fold(conv, norm)
+                        module.norms[i] = nn.Identity()
+    return model
+
+
+def _fold(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.ndim - 1))))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias)
 
 
 def reflect_index(i: torch.Tensor, n: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from copy import deepcopy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ..clean import IGNORE
 from ..models import ModelSpec, load_model, resolve_device
 from .data import Batch, PlanarSampler, VolumeSampler, as_pairs
 from .metrics import confusion_matrix, f1_scores
-from .networks import ARCHITECTURES, FACTORIES, planar
+from .networks import ARCHITECTURES, FACTORIES, fold_batchnorm, planar
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -115,7 +116,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     class_weight_power: float | None = 0.5
     """Inverse-frequency class weights to this power (None: no weights)."""
-    calibrate: bool = True
+    calibrate: bool = False
     """Undo the class weights' shift of the decision boundary in the saved and returned
     model (logit adjustment: ``log(weight)`` is subtracted from each class's output
     bias), so its probabilities follow the labelled class frequencies again."""
@@ -127,6 +128,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    """If set, ``torch.set_num_threads(threads)`` for this process before training
+    (on a small or shared CPU, 1 is often several times faster than more)."""
     max_seconds: float | None = None
     """Stop after this much training time (checked every step); None: no limit."""
     log_every: int = 1
@@ -285,15 +288,20 @@ def head_of(model: torch.nn.Module) -> torch.nn.Module:
     return head
 
 
-def calibrated_state(model: torch.nn.Module, log_weight: torch.Tensor | None) -> dict:
-    """``model``'s state dict with ``log_weight`` subtracted from the head's bias."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+def deployable(model: torch.nn.Module, log_weight: torch.Tensor | None, *, copy: bool = True) -> torch.nn.Module:
+    """The model as it is saved and returned: batch norms folded into their convolutions
+    and, when ``log_weight`` is given, ``log_weight`` subtracted from the head's bias
+    (logit adjustment). Works on a copy unless ``copy=False``."""
+    out = deepcopy(model) if copy else model
+    was_training = out.training
+    out.eval()
+    fold_batchnorm(out)
     if log_weight is not None:
-        head = head_of(model)
-        for name, param in model.named_parameters():
-            if param is head.bias:
-                state[name] = state[name] - log_weight.detach().cpu().to(state[name].dtype)
-    return state
+        with torch.no_grad():
+            bias = head_of(out).bias
+            bias.sub_(log_weight.to(bias))
+    out.train(was_training)
+    return out
 
 
 def _stop_requested(stop) -> bool:
@@ -388,6 +396,8 @@ def iter_train(
         lambda s: (config.final_lr + 0.5 * (config.lr - config.final_lr) * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))) / config.lr,
     )
     factory, kwargs = config.factory(ndim)
+    if kwargs.get("norm") == "batch":
+        kwargs["norm"] = None  # saved with its batch norms folded into the convolutions
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     weights_text = "none" if weight is None else "[" + ", ".join(f"{w:.2f}" for w in weight.tolist()) + "]"
     yield TrainEvent("start", 0, total_steps, 0, config.epochs, time.perf_counter() - t0,
@@ -430,7 +440,7 @@ def iter_train(
             history = {"val_loss": val_loss, "val_f1": val_f1}
         written = None
         if ckpt_path is not None:
-            written = str(save_checkpoint(calibrated_state(model, log_weight), ckpt_path, factory, kwargs, {
+            written = str(save_checkpoint(deployable(model, log_weight), ckpt_path, factory, kwargs, {
                 "config": config.to_json(), "epoch": epoch, "step": step, **history}))
         yield TrainEvent("epoch", step, total_steps, epoch, config.epochs, time.perf_counter() - t0,
                          loss=float(np.mean(losses_epoch)) if losses_epoch else None,
@@ -439,10 +449,7 @@ def iter_train(
         losses_epoch = []
         if kind == "stopped":
             break
-    model.eval()
-    if log_weight is not None:
-        with torch.no_grad():
-            head_of(model).bias.sub_(log_weight.to(head_of(model).bias))
+    deployable(model, log_weight, copy=False).eval()
     message = "" if kind == "done" else (
         "time limit reached" if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds
         else "stopped")
