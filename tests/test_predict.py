@@ -279,3 +279,13 @@ def test_callers_module_stays_where_it_is(tmp_path, volume):
     moved = on_device(model, meta_device)
     assert moved is not model and next(model.parameters()).device.type == "cpu"
     assert next(moved.parameters()).device.type == "meta"
+
+
+def test_batchnorm_module_fingerprint():
+    from napari_qlty.predict import model_fingerprint
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    net = net.to(memory_format=torch.channels_last_3d)
+    assert model_fingerprint(net) == model_fingerprint(net)
+    other = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    assert model_fingerprint(net) != model_fingerprint(other)

@@ -10,10 +10,10 @@ import threading
 import numpy as np
 import pytest
 import torch
+from engine_testing import fast
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine_testing import fast
 from napari_qlty import Grid, Weighting, clean_pairs, infer
 from napari_qlty.export import PairsDataset, export_pairs
 from napari_qlty.models import ModelSpec, load_model
@@ -21,7 +21,6 @@ from napari_qlty.train import (
     Ensemble,
     InMemoryPairs,
     MSDNet,
-    Planar,
     PlanarSampler,
     TrainConfig,
     UNet,
@@ -303,8 +302,8 @@ def test_plain_network_checkpoint(tmp_path, dims):
 
 def test_calibration_moves_the_head_bias_only(tmp_path):
     pairs, _, _ = synthetic_pairs()
-    common = dict(arch="unet", net={"channels": 2, "levels": 1}, patch=8, batch_size=2, epochs=1,
-                  steps_per_epoch=2, class_weight_power=1.0, seed=3)
+    common = {"arch": "unet", "net": {"channels": 2, "levels": 1}, "patch": 8, "batch_size": 2,
+              "epochs": 1, "steps_per_epoch": 2, "class_weight_power": 1.0, "seed": 3}
     plain = train(TrainConfig(**common, calibrate=False), pairs).model.state_dict()
     result = train(TrainConfig(**common, calibrate=True), pairs, checkpoint=tmp_path / "c.pt")
     saved = torch.load(tmp_path / "c.pt", weights_only=True)

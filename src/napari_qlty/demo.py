@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import time
@@ -214,7 +213,7 @@ def figure2(image2d, prob2d, ann2d, truth2d, pred2d, grid: Grid, z: int, path_li
     from PIL import Image, ImageDraw, ImageFont
 
     h, w = image2d.shape
-    scale = max(1, int(round(480 / max(h, w))))
+    scale = max(1, round(480 / max(h, w)))
     base = gray(image2d)
     a = base.copy()
     a = blend(a, (40, 220, 90), (ann2d == 1) * 0.9)
@@ -267,10 +266,10 @@ def _windows_and_seams(draw, grid: Grid, x0: int, y0: int, scale: int, h: int, w
             draw.rectangle(r, outline=(255, 255, 255), width=1)
     seams = grid.seams()
     for s in seams[1]:
-        yy = y0 + int(round(s * scale))
+        yy = y0 + round(float(s) * scale)
         draw.line([(x0, yy), (x0 + w * scale - 1, yy)], fill=PURPLE, width=2)
     for s in seams[2]:
-        xx = x0 + int(round(s * scale))
+        xx = x0 + round(float(s) * scale)
         draw.line([(xx, y0), (xx, y0 + h * scale - 1)], fill=PURPLE, width=2)
 
 
@@ -369,10 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         train_set = val_set
     print(f"  {len(train_set)} training windows, {len(val_set)} validation windows (windows overlap, "
           "so validation labels are partly seen in training: the validation F1 is optimistic)")
-    from .train import Ensemble, save_ensemble
+    from .train import Ensemble, as_pairs, save_ensemble
 
     args.max_train_seconds = args.max_train_seconds or None
-    members, paths, timings["train"] = train_members(train_set, val_set, out, args)
+    t = time.perf_counter()
+    train_pairs = as_pairs(train_set)  # read the zarr once for both networks
+    val_pairs = as_pairs(val_set) if len(val_set) else None
+    timings["read pairs"] = time.perf_counter() - t
+    members, paths, timings["train"] = train_members(train_pairs, val_pairs, out, args)
     model = Ensemble(members).eval()
     ens_path = save_ensemble(model, out / "ensemble.pt", paths)
     print(f"  trained in {fmt_s(timings['train'])}; checkpoints {', '.join(p.name for p in paths)} and "

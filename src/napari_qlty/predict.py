@@ -448,7 +448,7 @@ def model_fingerprint(model) -> str:
         digest = hashlib.sha256(type(model).__qualname__.encode())
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return "module:" + digest.hexdigest()
     return "callable:" + getattr(model, "__qualname__", type(model).__qualname__)
 

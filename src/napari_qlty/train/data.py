@@ -30,7 +30,7 @@ import torch
 from ..clean import IGNORE
 from .networks import reflect_index, stack_slices
 
-__all__ = ["InMemoryPairs", "Batch", "PlanarSampler", "VolumeSampler", "as_pairs"]
+__all__ = ["Batch", "InMemoryPairs", "PlanarSampler", "VolumeSampler", "as_pairs"]
 
 
 class InMemoryPairs:

@@ -212,7 +212,7 @@ class TrainResult:
 def build_model(config: TrainConfig, ndim: int = 3) -> torch.nn.Module:
     """The untrained network ``config`` describes (seeded by ``config.seed``)."""
     torch.manual_seed(config.seed)
-    factory, kwargs = config.factory(ndim)
+    _factory, kwargs = config.factory(ndim)
     if config.planar:
         return planar(**kwargs)
     return ARCHITECTURES[config.arch](**kwargs)
