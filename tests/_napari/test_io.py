@@ -22,7 +22,7 @@ def test_manifest_is_valid_and_every_command_imports():
         module, _, attr = command.python_name.partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), command.python_name
     assert {w.display_name for w in contributions.widgets} == {
-        "Grid preview", "Sparse labelling", "Export training pairs", "Tiled inference",
+        "Grid preview", "Sparse labelling", "Export training pairs", "Tiled inference", "Train",
     }
     assert {s.key for s in contributions.sample_data} == {"tomogram-small", "tomogram-paper"}
     assert contributions.readers[0].accepts_directories

@@ -410,6 +410,8 @@ class InferenceWidget(ViewerWidget):
         notify_error(exc)
 
     def _on_finished(self) -> None:
+        if self.outcome is None and self._cancel_requested.is_set():
+            self._on_aborted()  # however the worker's signals were ordered, a cancel is a cancel
         self.worker = None
         self.run_button.enabled, self.cancel_button.enabled = True, False
 
