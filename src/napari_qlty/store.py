@@ -37,10 +37,11 @@ class StoreError(ValueError):
 
 def canonical(params: dict) -> dict:
     """Parameters as they round-trip through JSON (tuples become lists)."""
-    return json.loads(json.dumps(params, sort_keys=True, default=_jsonable))
+    return json.loads(json.dumps(params, sort_keys=True, default=jsonable))
 
 
-def _jsonable(value):
+def jsonable(value):
+    """numpy scalars and arrays, and tuples, as JSON understands them."""
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):

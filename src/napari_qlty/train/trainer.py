@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..clean import IGNORE
 from ..models import ModelSpec, load_model, resolve_device
+from ..store import jsonable
 from .data import Batch, PlanarSampler, VolumeSampler, as_pairs
 from .metrics import confusion_matrix, f1_scores
 from .networks import ARCHITECTURES, FACTORIES, fold_batchnorm, planar
@@ -237,20 +238,10 @@ def save_checkpoint(model: torch.nn.Module | dict, path: str | Path, factory: st
     meta = {"format": CHECKPOINT_FORMAT, "factory": factory, "factory_kwargs": factory_kwargs,
             **(extra or {})}
     jtmp = _json_path(path).with_name(_json_path(path).name + ".partial")
-    jtmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=_jsonable))
+    jtmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=jsonable))
     tmp.replace(path)
     jtmp.replace(_json_path(path))
     return path
-
-
-def _jsonable(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (tuple, np.ndarray)):
-        return list(value)
-    raise TypeError(f"not JSON-serialisable: {value!r}")
 
 
 def checkpoint_spec(path: str | Path) -> ModelSpec:
