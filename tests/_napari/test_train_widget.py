@@ -6,6 +6,8 @@ WORKER_TIMEOUT_MS = 30_000
 
 TINY = {"net": {"channels": 4, "levels": 2}, "patch": 16, "batch_size": 2, "steps_per_epoch": 3,
         "val_samples": 4, "threads": 1}
+#: a run bounded by steps, not seconds: two epochs of three steps on any machine
+TWO_EPOCHS = {"epochs": 2, "max_seconds": None}
 
 
 def wait_idle(qtbot, widget) -> None:
@@ -33,7 +35,7 @@ def test_train_registers_model_for_inference(viewer, sample_layers, qtbot):
     from napari_qlty._napari.inference import InferenceWidget
 
     widget = _widget(viewer, sample_layers)
-    widget.seconds_spin.value = 2
+    widget.config_overrides.update(TWO_EPOCHS)
     widget.name_edit.value = "test model"
     try:
         widget.run()
