@@ -12,7 +12,7 @@ Methods
 -------
 clone                 x.clone(): the memory-bandwidth floor (one read, one write)
 untiled               model(x) on the whole volume: the compute floor (conv model only)
-ours-infer-<mode>     napari_qlty.infer, batched, for mode in border/gaussian/hann/linear
+ours-infer-<mode>     napari_qlty.core.inference, batched, for mode in border/gaussian/hann/linear
 ours-stitch           stitch(model(extract(x, grid)), grid, Weighting("border")): all windows at once
 monai-<mode>          monai.inferers.sliding_window_inference, mode constant / gaussian
 qlty-mem              qlty 1.5.0 NCYXQuilt / NCZYXQuilt: unstitch, model on all, stitch

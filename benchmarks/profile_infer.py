@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Where does napari_qlty.infer spend its time? cProfile and torch.profiler on one call.
+"""Where does napari_qlty.core.inference spend its time? cProfile and torch.profiler on one call.
 
     python benchmarks/profile_infer.py --workload 3d --model identity --mode border
     python benchmarks/profile_infer.py --workload 2d --model conv --mode gaussian --device cuda

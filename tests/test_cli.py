@@ -12,8 +12,8 @@ import zarr
 
 from napari_qlty import Grid, Weighting, clean_pairs, infer
 from napari_qlty.cli import main
-from napari_qlty.export import PairsDataset, export_pairs, read_statistics
-from napari_qlty.store import StoreError
+from napari_qlty.io.pairs_store import PairsDataset, export_pairs, read_statistics
+from napari_qlty.io.prediction import StoreError
 
 
 @pytest.fixture

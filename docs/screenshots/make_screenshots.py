@@ -90,7 +90,7 @@ def train_small_network(pairs_path: Path, steps: int = 250, seed: int = 0):
     """A small 3D CNN fitted to the exported pairs (cross-entropy, unobserved voxels ignored)."""
     import torch
 
-    from napari_qlty.export import PairsDataset
+    from napari_qlty.io.pairs_store import PairsDataset
 
     torch.manual_seed(seed)
     data = PairsDataset(pairs_path)
@@ -127,10 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     from napari_qlty._napari import register_model
-    from napari_qlty._napari.export_widget import ExportWidget
-    from napari_qlty._napari.grid_preview import GridPreviewWidget
-    from napari_qlty._napari.inference import InferenceWidget
-    from napari_qlty._napari.labelling import LabellingWidget
+    from napari_qlty._napari.widgets.export_pairs import ExportWidget
+    from napari_qlty._napari.widgets.grid_preview import GridPreviewWidget
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+    from napari_qlty._napari.widgets.labelling import LabellingWidget
 
     viewer = napari.Viewer(show=True, title="napari-qlty")
     viewer.window._qt_window.resize(*WINDOW_SIZE)

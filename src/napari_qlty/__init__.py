@@ -18,12 +18,23 @@ Sparse labels become training pairs with :func:`clean_pairs`; qlty users switch 
 ``from napari_qlty.compat import NCZYXQuilt``.
 """
 
-from .clean import IGNORE, PairStatistics, TrainingPairs, clean_pairs
-from .grid import Grid, Window
-from .infer import infer
-from .stitch import Accumulator, stitch
-from .tiles import extract, extract_lazy
-from .weights import Weighting, WindowWeights
+from .core import (
+    IGNORE,
+    Accumulator,
+    Grid,
+    PairStatistics,
+    TrainingPairs,
+    Weighting,
+    Window,
+    WindowWeights,
+    clean_pairs,
+    extract,
+    extract_lazy,
+    infer,
+    stitch,
+)
+from .io.sources import Source, open_source
+from .run import iter_predict, predict
 
 __version__ = "0.1.0"
 
@@ -32,6 +43,7 @@ __all__ = [
     "Accumulator",
     "Grid",
     "PairStatistics",
+    "Source",
     "TrainingPairs",
     "Weighting",
     "Window",
@@ -40,5 +52,8 @@ __all__ = [
     "extract",
     "extract_lazy",
     "infer",
+    "iter_predict",
+    "open_source",
+    "predict",
     "stitch",
 ]

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from .grid import Grid
-from .store import StoreError
-from .weights import MODES, Weighting
+from .core.grid import Grid
+from .io.prediction import StoreError
+from .core.weights import MODES, Weighting
 
 
 def int_or_tuple(text: str) -> int | tuple[int, ...]:
@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_plan(args) -> int:
-    from .clean import select_windows
-    from .sources import open_source
+    from .core.pairs import select_windows
+    from .io.sources import open_source
 
     src = open_source(args.input, axes=args.axes)
     grid = make_grid(args, src.shape[2:])
@@ -105,8 +105,8 @@ def _label_view(src):
 
 
 def cmd_export(args) -> int:
-    from .export import export_pairs
-    from .sources import open_source
+    from .io.pairs_store import export_pairs
+    from .io.sources import open_source
 
     image = open_source(args.input, axes=args.axes)
     labels = _label_view(open_source(args.labels, axes=args.axes))
@@ -132,8 +132,8 @@ def _per_axis(value, ndim: int) -> tuple[int, ...]:
 
 def cmd_predict(args) -> int:
     from .models import ModelSpec
-    from .predict import iter_predict
-    from .sources import open_source
+    from .run.runner import iter_predict
+    from .io.sources import open_source
 
     src = open_source(args.input, axes=args.axes)
     grid = make_grid(args, src.shape[2:])

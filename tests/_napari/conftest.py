@@ -22,7 +22,7 @@ SHAPE = (32, 64, 48)
 
 @pytest.fixture(scope="session")
 def tomogram():
-    from napari_qlty.sample_data import make_tomogram
+    from napari_qlty.data.tomogram import make_tomogram
 
     return make_tomogram(SHAPE, seed=0)
 

@@ -102,8 +102,8 @@ def test_reader_prediction_and_pairs_stores(tmp_path, tomogram):
     import torch
 
     from napari_qlty import Grid
-    from napari_qlty.export import export_pairs
-    from napari_qlty.predict import predict
+    from napari_qlty.io.pairs_store import export_pairs
+    from napari_qlty.run.runner import predict
 
     image = tomogram.image
     grid = Grid(image.shape, 16, 12, 2)

@@ -15,7 +15,7 @@ def wait_idle(qtbot, widget) -> None:
 
 
 def _widget(viewer, sample_layers):
-    from napari_qlty._napari.train_widget import TrainWidget
+    from napari_qlty._napari.widgets.train import TrainWidget
 
     image, sparse = sample_layers
     viewer.add_image(image, name="tomogram")
@@ -32,7 +32,7 @@ def _widget(viewer, sample_layers):
 
 def test_train_registers_model_for_inference(viewer, sample_layers, qtbot):
     from napari_qlty._napari import registered_models, unregister_model
-    from napari_qlty._napari.inference import InferenceWidget
+    from napari_qlty._napari.widgets.inference import InferenceWidget
 
     widget = _widget(viewer, sample_layers)
     widget.config_overrides.update(TWO_EPOCHS)

@@ -10,8 +10,8 @@ import torch
 import zarr
 
 from napari_qlty import Grid, Weighting, infer
-from napari_qlty.clean import clean_pairs, select_windows
-from napari_qlty.export import read_statistics
+from napari_qlty.core.pairs import clean_pairs, select_windows
+from napari_qlty.io.pairs_store import read_statistics
 
 SHAPE = (32, 64, 48)  # the tomogram fixture's shape (tests/_napari/conftest.py)
 
@@ -29,7 +29,7 @@ def engine_labels(tomogram) -> torch.Tensor:
 
 # -- grid preview ------------------------------------------------------------------------------
 def test_grid_preview_slices_seams_labels_and_3d(viewer, sample_layers, tomogram, qtbot):
-    from napari_qlty._napari.grid_preview import GridPreviewWidget
+    from napari_qlty._napari.widgets.grid_preview import GridPreviewWidget
 
     image, sparse = sample_layers
     img = viewer.add_image(image, name="tomogram", scale=(2.0, 1.0, 1.0))
@@ -118,7 +118,7 @@ def test_grid_preview_lazy_2d(viewer, sample_layers, qtbot):
     """A dask-backed 2D layer: only its shape is used; all windows are drawn."""
     import dask.array as da
 
-    from napari_qlty._napari.grid_preview import GridPreviewWidget
+    from napari_qlty._napari.widgets.grid_preview import GridPreviewWidget
 
     image, _ = sample_layers
     plane = da.from_array(image[5], chunks=(16, 16))
@@ -142,7 +142,7 @@ def test_grid_preview_lazy_2d(viewer, sample_layers, qtbot):
 # -- sparse labelling ------------------------------------------------------------------------------
 def test_labelling_persists_to_zarr(viewer, sample_layers, tmp_path, qtbot):
     from napari_qlty._napari import reader
-    from napari_qlty._napari.labelling import LabellingWidget
+    from napari_qlty._napari.widgets.labelling import LabellingWidget
 
     image, sparse = sample_layers
     img = viewer.add_image(image, name="tomogram", scale=(2.0, 1.5, 1.5), translate=(10.0, 0.0, 5.0))
@@ -204,7 +204,7 @@ def test_labelling_persists_to_zarr(viewer, sample_layers, tmp_path, qtbot):
 
 # -- export ------------------------------------------------------------------------------------
 def test_export_pairs_end_to_end(viewer, sample_layers, tomogram, tmp_path, qtbot):
-    from napari_qlty._napari.export_widget import ExportWidget
+    from napari_qlty._napari.widgets.export_pairs import ExportWidget
 
     image, sparse = sample_layers
     viewer.add_image(image, name="tomogram")
@@ -307,7 +307,7 @@ def _set_inference_fields(widget, path):
 
 
 def test_inference_streams_and_matches_infer(viewer, sample_layers, tiny_model_file, tmp_path, qtbot):
-    from napari_qlty._napari.inference import InferenceWidget
+    from napari_qlty._napari.widgets.inference import InferenceWidget
 
     image, _ = sample_layers
     model_path, model = tiny_model_file
@@ -365,7 +365,7 @@ def test_inference_streams_and_matches_infer(viewer, sample_layers, tiny_model_f
 
 def test_inference_cancel_resume_with_registered_model(viewer, sample_layers, tmp_path, qtbot):
     from napari_qlty._napari import register_model, unregister_model
-    from napari_qlty._napari.inference import MODEL_FILE, InferenceWidget
+    from napari_qlty._napari.widgets.inference import MODEL_FILE, InferenceWidget
 
     image, _ = sample_layers
     viewer.add_image(image, name="tomogram")

@@ -1,8 +1,8 @@
 """The napari plugin: widgets, reader and writer over the napari-qlty engine.
 
 Nothing here computes tiles, weights or statistics: the widgets collect parameters,
-call the engine (:mod:`napari_qlty.grid`, :mod:`~napari_qlty.clean`,
-:mod:`~napari_qlty.export`, :mod:`~napari_qlty.predict`) off the GUI thread, and show
+call the engine (:mod:`napari_qlty.core.grid`, :mod:`~napari_qlty.core.pairs`,
+:mod:`~napari_qlty.io.pairs_store`, :mod:`~napari_qlty.run`) off the GUI thread, and show
 the results as layers. Widgets are imported by napari on demand (see ``napari.yaml``).
 """
 

@@ -94,7 +94,7 @@ def spatial_shape(layer) -> tuple[int, ...]:
 
 
 def source_axes(layer) -> str:
-    """Axis letters of the layer's data for :func:`napari_qlty.sources.open_source`."""
+    """Axis letters of the layer's data for :func:`napari_qlty.io.sources.open_source`."""
     ndim = len(spatial_shape(layer))
     if ndim not in AXES_FOR_NDIM:
         raise ValueError(f"layer {layer.name!r} has {ndim} axes; napari-qlty tiles 1 to 4")

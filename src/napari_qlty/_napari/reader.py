@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _labels_store as labels_store
+from ..io import labels_store
 
 MRC_SUFFIXES = (".mrc", ".rec", ".map", ".mrcs", ".st", ".ali")
 PREDICTION_FORMAT = "napari-qlty/prediction/1"
@@ -166,7 +166,7 @@ def _multiscales(attrs: dict) -> dict | None:
 
 def _ome_multiscale(group, path: str, name: str, attrs: dict, kind: str = "image") -> tuple:
     """One multiscale layer; scale and translation of level 0 from the engine's reading."""
-    from ..sources import open_source
+    from ..io.sources import open_source
 
     ms = _multiscales(attrs)
     datasets = [d["path"] for d in ms["datasets"]]
@@ -218,7 +218,7 @@ def read_mrc(path) -> list[tuple]:
     """An MRC volume, memory-mapped (only the planes shown are read), voxel size in Å."""
     import mrcfile
 
-    from ..sources import open_source
+    from ..io.sources import open_source
 
     if isinstance(path, (list, tuple)):
         path = path[0]

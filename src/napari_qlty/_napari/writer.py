@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from . import _labels_store as store
+from ..io import labels_store as store
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

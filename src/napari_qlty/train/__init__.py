@@ -3,8 +3,8 @@
 The loop the paper describes, from a few painted slices to a whole-volume segmentation::
 
     from napari_qlty import Grid, Weighting
-    from napari_qlty.export import PairsDataset, export_pairs
-    from napari_qlty.predict import predict
+    from napari_qlty.io.pairs_store import PairsDataset, export_pairs
+    from napari_qlty.run import predict
     from napari_qlty.train import Ensemble, TrainConfig, train
 
     for _ in export_pairs(image, annotations, Grid(shape, 64, 32), "pairs.zarr"):

@@ -1,8 +1,8 @@
 """Training samples from sparse pairs: crops that hold labels, with cheap augmentations.
 
 A pair is an image window ``(C, *w)`` and its labels ``(*w)`` (``ignore_label`` where
-nothing was painted), as :func:`napari_qlty.export.export_pairs` writes them and
-:class:`napari_qlty.export.PairsDataset` / :class:`napari_qlty.clean.TrainingPairs`
+nothing was painted), as :func:`napari_qlty.io.pairs_store.export_pairs` writes them and
+:class:`napari_qlty.io.pairs_store.PairsDataset` / :class:`napari_qlty.core.pairs.TrainingPairs`
 give them back. Labels are sparse (0.06 % of voxels in the paper), so a random crop
 would mostly hold none: every sample is centred near a labelled voxel instead.
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..clean import IGNORE
+from ..core.pairs import IGNORE
 from .networks import reflect_index, stack_slices
 
 __all__ = ["Batch", "InMemoryPairs", "PlanarSampler", "VolumeSampler", "as_pairs"]

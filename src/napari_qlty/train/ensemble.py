@@ -1,7 +1,7 @@
 """Ensembles: the average of several networks' class probabilities, as one model.
 
 An :class:`Ensemble` is an ``nn.Module`` like any other, so it goes through the
-stitcher (:func:`napari_qlty.infer`, :func:`napari_qlty.predict.predict`) unchanged:
+stitcher (:func:`napari_qlty.infer`, :func:`napari_qlty.run`) unchanged:
 every window runs through every member once. By default it returns probabilities
 (blend them as they are: ``postprocess=None``); ``output="log"`` returns their
 logarithm, for code that applies a softmax itself.

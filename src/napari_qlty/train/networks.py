@@ -1,7 +1,7 @@
 """Small fully convolutional networks that suit sparse labels, in 2D or 3D.
 
 Both keep the spatial size of their input for any size (odd ones included), so they go
-through the stitcher (:func:`napari_qlty.infer`, :func:`napari_qlty.predict.predict`)
+through the stitcher (:func:`napari_qlty.infer`, :func:`napari_qlty.run`)
 like any model, and both are built from plain keyword arguments so a state dict plus a
 factory reloads them::
 
@@ -175,7 +175,7 @@ class Planar(nn.Module):
     normal to Z, i.e. XY planes; 1: XZ; 2: YZ) the class probabilities of every
     orientation are averaged; the output is their logarithm, so ``softmax`` of the
     output gives the averaged probabilities back and the module is a drop-in model for
-    :func:`napari_qlty.infer` and :func:`napari_qlty.predict.predict`
+    :func:`napari_qlty.infer` and :func:`napari_qlty.run`
     (``postprocess="softmax"``).
 
     Why: sparse labels are painted on slices, so a 2D network trained on the painted

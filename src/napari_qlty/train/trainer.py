@@ -5,7 +5,7 @@ its validation scores, the end), so the command line prints them, a widget can p
 them, and a test can stop after two steps. ``stop`` (a callable or a
 ``threading.Event``) ends the run cleanly after the current step::
 
-    from napari_qlty.export import PairsDataset
+    from napari_qlty.io.pairs_store import PairsDataset
     from napari_qlty.train import TrainConfig, iter_train
 
     train, val = PairsDataset("pairs.zarr").split(0.2)
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..clean import IGNORE
+from ..core.pairs import IGNORE
 from ..models import ModelSpec, load_model, resolve_device
-from ..store import jsonable
+from ..io.prediction import jsonable
 from .data import Batch, PlanarSampler, VolumeSampler, as_pairs
 from .metrics import confusion_matrix, f1_scores
 from .networks import ARCHITECTURES, FACTORIES, fold_batchnorm, planar

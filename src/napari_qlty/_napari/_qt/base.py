@@ -1,0 +1,143 @@
+"""What every napari-qlty widget shares: layer pickers that follow the viewer, a status
+line, and a shared memory of the last grid parameters."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import ComboBox, Container, Label, PushButton
+
+from .._common import ERROR_STYLE, OK_STYLE
+
+if TYPE_CHECKING:
+    import napari
+
+#: the grid parameters last shown by the grid preview: {"window": str, "step": str, "border": str}
+LAST_GRID: dict[str, str] = {}
+
+
+def layer_choices(viewer, layer_type, optional: bool = False):
+    """A ``choices`` callable for a ComboBox: the viewer's layers of ``layer_type``."""
+
+    def choices(_widget=None):
+        out = [("(none)", None)] if optional else []
+        out += [(layer.name, layer) for layer in viewer.layers if isinstance(layer, layer_type)]
+        return out
+
+    return choices
+
+
+class ViewerWidget(Container):
+    """A magicgui Container bound to a viewer; layer pickers refresh as layers come and go."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._viewer = viewer
+        self._connections: list[tuple] = []
+        events = viewer.layers.events
+        self.connect_to(events.inserted, self._on_layers_changed)
+        self.connect_to(events.removed, self._on_layers_changed)
+        self.connect_to(events.moved, self._on_layers_changed)
+        self.connect_to(events.inserted, self._watch_name)
+        for layer in viewer.layers:
+            self.connect_to(layer.events.name, self._on_layers_changed)
+        connections = self._connections
+        self.native.destroyed.connect(lambda *_: _disconnect_all(connections))
+
+    def connect_to(self, emitter, callback) -> None:
+        """Connect ``callback`` to a viewer or layer event; undone when the widget is destroyed."""
+        emitter.connect(callback)
+        self._connections.append((emitter, callback))
+
+    def timer(self, interval_ms: int, callback):
+        """A single-shot QTimer owned by this widget (it dies with the widget)."""
+        from qtpy.QtCore import QTimer
+
+        t = QTimer(self.native)
+        t.setSingleShot(True)
+        t.setInterval(interval_ms)
+        t.timeout.connect(callback)
+        return t
+
+    @property
+    def viewer(self) -> napari.viewer.Viewer:
+        return self._viewer
+
+    def _watch_name(self, event) -> None:
+        self.connect_to(event.value.events.name, self._on_layers_changed)
+
+    def _on_layers_changed(self, event=None) -> None:
+        try:
+            self.reset_choices()
+        except RuntimeError:  # the Qt widget is gone (viewer closing)
+            pass
+
+    def layer_combo(self, layer_type, label: str, optional: bool = False, tooltip: str = "") -> ComboBox:
+        combo = ComboBox(
+            label=label, choices=layer_choices(self._viewer, layer_type, optional), tooltip=tooltip
+        )
+        if optional:
+            combo.value = None
+        return combo
+
+
+def form(*widgets) -> Container:
+    """Labelled fields, one per row (the widget around them spans the full width)."""
+    box = Container(labels=True)
+    box.margins = (0, 0, 0, 0)
+    box.extend(widgets)  # (inserting aligns the labels' column)
+    return box
+
+
+def _disconnect_all(connections: list[tuple]) -> None:
+    for emitter, callback in connections:
+        try:
+            emitter.disconnect(callback)
+        except Exception:  # noqa: BLE001 - the emitter may be gone already
+            pass
+    connections.clear()
+
+
+def status_label(selectable: bool = True) -> Label:
+    """A multi-line text that takes the widget's full width and wraps inside it."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Minimum)
+    label.native.setMinimumWidth(120)
+    if selectable:
+        label.native.setTextInteractionFlags(label.native.textInteractionFlags() | _selectable_flag())
+    return label
+
+
+def _selectable_flag():
+    from qtpy.QtCore import Qt
+
+    return Qt.TextInteractionFlag.TextSelectableByMouse
+
+
+def set_status(label: Label, text: str, error: bool = False) -> None:
+    label.value = text
+    label.native.setStyleSheet(ERROR_STYLE if error else OK_STYLE)
+    label.tooltip = text if error else ""
+
+
+def monospace(widget) -> None:
+    from qtpy.QtGui import QFontDatabase
+
+    widget.native.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+
+
+def grid_button(target) -> PushButton:
+    """A button copying the grid preview's last window, step and border into ``target``."""
+    button = PushButton(text="Use grid preview settings")
+    button.tooltip = "Copy window, step and border from the Grid preview widget"
+
+    def copy() -> None:
+        for name in ("window", "step", "border"):
+            if name in LAST_GRID:
+                getattr(target, f"{name}_edit").value = LAST_GRID[name]
+
+    button.changed.connect(copy)
+    return button

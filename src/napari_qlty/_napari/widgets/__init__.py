@@ -1,0 +1,1 @@
+"""The dock widgets; napari imports each on demand (see ``napari.yaml``)."""

@@ -1,0 +1,430 @@
+"""Inference: run a model over an image layer, window by window, and watch the stitched
+result appear.
+
+A thin front end to :func:`napari_qlty.iter_predict`. The run goes to a zarr
+folder on disk in a background thread; an Image layer reading that folder is added when
+the run starts and refreshed each time a region is finished, so the probability map
+fills in region by region while the viewer stays usable. Cancel stops after the current
+region; pressing Run again with the same parameters resumes where it stopped (finished
+regions are kept in the output folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import zarr
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image
+
+from ...core.grid import Grid
+from ...models import ModelSpec, load_model, resolve_device
+from ...run.runner import Cancelled, iter_predict
+from ...io.sources import open_source
+from ...core.weights import Weighting
+from .._qt.base import ViewerWidget, form, grid_button, set_status, status_label
+from .._common import (
+    Failed,
+    ChannelView,
+    default_path,
+    error_text,
+    format_duration,
+    level0,
+    notify_error,
+    parse_optional_per_axis,
+    parse_per_axis,
+    resolve_path,
+    source_axes,
+    spatial_shape,
+    thousands,
+)
+from .._registry import REGISTRY
+
+if TYPE_CHECKING:
+    import napari
+
+MODEL_FILE = "model file"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+WEIGHTINGS = ("border", "gaussian", "hann", "linear")
+POSTPROCESS = ("softmax", "sigmoid", "none")
+
+
+def foreground_channel(channels: int) -> int:
+    """The class shown as "probability": class 1 when there are several, else the only one."""
+    return min(1, channels - 1)
+
+
+class InferenceWidget(ViewerWidget):
+    """Predict a whole image with a model, tiled and stitched; results stream into the viewer."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer, labels=False)
+        self.image_combo = self.layer_combo(Image, "image", tooltip="The image to predict")
+        self.model_combo = ComboBox(
+            label="model", choices=self._model_choices,
+            tooltip="A model file, or a model another widget made in this session",
+        )
+        self.model_path = FileEdit(
+            mode="r", label="model file", filter="*.pt *.pt2 *.pth *.ts *.zip",
+            tooltip="TorchScript (.pt), torch.export program (.pt2), or a state dict with a factory",
+        )
+        self.factory_edit = LineEdit(
+            value="", label="factory",
+            tooltip="Only for a state dict: the function that builds the network, "
+                    "'package.module:function'",
+        )
+        self.device_combo = ComboBox(choices=DEVICES, value="auto", label="device")
+        self.batch_spin = SpinBox(value=4, min=1, max=4096, label="batch size", tooltip="Windows per model call")
+        self.copy_grid = grid_button(self)
+        self.window_edit = LineEdit(value="64", label="window", tooltip="One number, or one per axis")
+        self.step_edit = LineEdit(value="48", label="step", tooltip="One number, or one per axis")
+        self.border_edit = LineEdit(value="8", label="border", tooltip="One number, or one per axis")
+        self.weighting_combo = ComboBox(
+            choices=WEIGHTINGS, value="border", label="weighting",
+            tooltip="How overlapping windows are blended: border (flat, border band down-weighted), "
+                    "gaussian, hann or linear tapers",
+        )
+        self.border_weight_spin = FloatSpinBox(
+            value=1.0, min=0.0, max=1.0, step=0.05, label="border weight",
+            tooltip="Weight of each window's border band (0: ignored where a neighbour covers it)",
+        )
+        self.postprocess_combo = ComboBox(
+            choices=POSTPROCESS, value="softmax", label="postprocess",
+            tooltip="Applied to every window's output before blending",
+        )
+        self.probabilities_check = CheckBox(value=True, text="probabilities")
+        self.labels_check = CheckBox(value=True, text="labels")
+        outputs = Container(
+            widgets=[self.probabilities_check, self.labels_check], layout="horizontal", labels=False,
+            label="outputs",
+        )
+        outputs.margins = (0, 0, 0, 0)
+        self.output_edit = FileEdit(mode="w", label="save to", filter="*.zarr", tooltip="Output folder (.zarr)")
+        self.output_hint = Label(value="")
+        self.output_hint.native.setWordWrap(True)
+        self.overwrite_check = CheckBox(
+            value=False, text="replace a result made with other parameters",
+        )
+        self.memory_edit = LineEdit(
+            value="", label="memory budget",
+            tooltip="Bounds the working set, e.g. '2GiB'; smaller budgets run in more, smaller regions. "
+                    "Empty: automatic",
+        )
+        self.chunks_edit = LineEdit(
+            value="", label="chunk size",
+            tooltip="Chunk edge of the output folder (one number or one per axis); regions are "
+                    "whole chunks. Empty: automatic",
+        )
+        self.region_edit = LineEdit(
+            value="", label="region size",
+            tooltip="Largest region computed at once (one number or one per axis, whole chunks): "
+                    "smaller regions show results sooner. Empty: as large as the budget allows",
+        )
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = status_label()
+        self.extend([
+            form(self.image_combo, self.model_combo, self.model_path, self.factory_edit, self.device_combo,
+                 self.batch_spin, self.copy_grid, self.window_edit, self.step_edit, self.border_edit,
+                 self.weighting_combo, self.border_weight_spin, self.postprocess_combo, outputs,
+                 self.output_edit, self.output_hint, self.memory_edit, self.chunks_edit,
+                 self.region_edit),
+            self.overwrite_check, buttons, self.progress, self.status,
+        ])
+
+        self.worker = None
+        self._cancel_requested = threading.Event()
+        #: "done", "cancelled", "error" or None; the last event seen
+        self.outcome: str | None = None
+        self.last_event = None
+        self.events_seen: list = []
+        #: the output folder of the current / last run, and the layers reading it
+        self.path: Path | None = None
+        self.probability_layer = None
+        self.labels_layer = None
+        self._t_start = None
+        self._image = None
+
+        self.connect_to(REGISTRY.changed, self._on_registry_changed)
+        self.model_combo.changed.connect(self._update_model_fields)
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        self.image_combo.changed.connect(self._update_hint)
+        self.output_edit.changed.connect(self._update_hint)
+        self.connect_to(viewer.layers.events.removed, self._on_layer_removed)
+        self._update_model_fields()
+        self._update_hint()
+
+    # -- fields -------------------------------------------------------------------------------
+    def _model_choices(self, _widget=None):
+        return [MODEL_FILE, *REGISTRY.models]
+
+    def _on_registry_changed(self) -> None:
+        try:
+            self.model_combo.reset_choices()
+        except RuntimeError:
+            pass
+
+    def _update_model_fields(self, *_) -> None:
+        from_file = self.model_combo.value == MODEL_FILE
+        self.model_path.visible = from_file
+        self.factory_edit.visible = from_file
+
+    def _update_hint(self, *_) -> None:
+        image = self.image_combo.value
+        if str(self.output_edit.value).strip() in ("", "."):
+            self.output_hint.value = f"(default: {default_path(image.name if image else 'image', 'prediction')})"
+        else:
+            self.output_hint.value = ""
+
+    def _on_layer_removed(self, event) -> None:
+        if event.value is self.probability_layer:
+            self.probability_layer = None
+        if event.value is self.labels_layer:
+            self.labels_layer = None
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, *_) -> None:
+        """Start (or resume) the prediction in a background thread."""
+        if self.running:
+            return
+        try:
+            args, kwargs = self._prepare()
+        except Exception as e:
+            self._fail(e)
+            return
+        from napari.qt.threading import create_worker
+
+        self.outcome, self.last_event, self.events_seen = None, None, []
+        self.progress.max, self.progress.value = 1, 0
+        set_status(self.status, "Loading the model and checking it on one window…")
+        self.worker = create_worker(_relay, *args, _start_thread=False, **kwargs)
+        self.worker.yielded.connect(self._on_event)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._fail)
+        self.worker.aborted.connect(self._on_aborted)
+        self.worker.finished.connect(self._on_finished)
+        self.run_button.enabled, self.cancel_button.enabled = False, True
+        self.worker.start()
+
+    def _prepare(self):
+        image = self.image_combo.value
+        if image is None:
+            raise ValueError("choose an image layer")
+        shape = spatial_shape(image)
+        ndim = len(shape)
+        grid = Grid(
+            shape,
+            parse_per_axis(self.window_edit.value, "window", ndim),
+            parse_per_axis(self.step_edit.value, "step", ndim),
+            parse_per_axis(self.border_edit.value, "border", ndim),
+        )
+        weighting = Weighting(self.weighting_combo.value, border_weight=float(self.border_weight_spin.value))
+        if not (self.probabilities_check.value or self.labels_check.value):
+            raise ValueError("tick probabilities, labels or both")
+        device = self.device_combo.value
+        resolve_device(device)  # says now, in the widget, when a device is not available
+        model = self._model(device)
+        source = open_source(level0(image), axes=source_axes(image))
+        path = resolve_path(self.output_edit.value, image.name, "prediction")
+        post = self.postprocess_combo.value
+        kwargs = dict(
+            weighting=weighting,
+            batch_size=int(self.batch_spin.value),
+            device=device,
+            probabilities=bool(self.probabilities_check.value),
+            labels=bool(self.labels_check.value),
+            postprocess=None if post == "none" else post,
+            overwrite=bool(self.overwrite_check.value),
+            memory_budget=self.memory_edit.value.strip() or None,
+            chunks=parse_optional_per_axis(self.chunks_edit.value, "chunk size", ndim),
+            region=parse_optional_per_axis(self.region_edit.value, "region size", ndim),
+            cancelled=self._cancel_requested.is_set,
+        )
+        self._cancel_requested.clear()
+        if self.path != path:
+            self.probability_layer = self.labels_layer = None
+        self.path, self._image = path, image
+        return (model, source, grid, path), kwargs
+
+    def _model(self, device: str):
+        choice = self.model_combo.value
+        if choice == MODEL_FILE:
+            path = self.model_path.value
+            if str(path).strip() in ("", "."):
+                raise ValueError("choose a model file (or a model registered in this session)")
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"model file not found: {path}")
+            return ModelSpec(str(path), self.factory_edit.value.strip() or None)
+        model = REGISTRY.models.get(choice)
+        if model is None:
+            raise ValueError(f"the model {choice!r} is no longer registered")
+        import torch
+
+        if isinstance(model, torch.nn.Module):
+            try:  # a copy in eval mode on the chosen device: the owner's model is left as it is
+                model = copy.deepcopy(model)
+            except Exception:  # noqa: BLE001 - a module that cannot be copied runs as it is
+                pass
+            model = load_model(model, resolve_device(device))
+        return model
+
+    def cancel(self, *_) -> None:
+        """Stop after the batch in progress; Run with the same parameters resumes."""
+        if self.worker is not None:
+            self._cancel_requested.set()
+            self.worker.quit()
+            set_status(self.status, "Cancelling after the batch in progress…")
+
+    # -- events -------------------------------------------------------------------------------
+    def _on_event(self, event) -> None:
+        self.last_event = event
+        self.events_seen.append(event.kind)
+        if event.kind == "start":
+            self._t_start = (event.elapsed, event.windows_done + event.regions_done)
+            self._show_layers()
+        elif event.kind == "done" and self.probability_layer is None and self.labels_layer is None:
+            self._show_layers()
+        for layer in (self.probability_layer, self.labels_layer):
+            if layer is not None:
+                layer.refresh()
+        # progress counts windows run and regions written (a region is final only once
+        # its neighbours have handed over, so regions finish after their windows)
+        self.progress.max = max(1, event.windows_total + event.regions_total)
+        self.progress.value = event.windows_done + event.regions_done
+        if event.kind == "done":
+            self.outcome = "done"
+            self._finish_contrast()
+            set_status(
+                self.status,
+                f"Done ({format_duration(event.elapsed)}): {thousands(event.windows_total)} windows "
+                f"in {event.regions_total} region(s), saved to {self.path}"
+                + (f"\n({event.message})" if "already" in event.message else ""),
+            )
+            return
+        set_status(self.status, self._progress_text(event))
+
+    def _progress_text(self, event) -> str:
+        text = (
+            f"windows {thousands(event.windows_done)}/{thousands(event.windows_total)} · "
+            f"regions {event.regions_done}/{event.regions_total} · {format_duration(event.elapsed)} elapsed"
+        )
+        if self._t_start is not None:
+            t0, w0 = self._t_start
+            total = event.windows_total + event.regions_total
+            done = event.windows_done + event.regions_done - w0
+            if done > 0 and event.elapsed > t0:
+                left = (total - w0 - done) * (event.elapsed - t0) / done
+                text += f" · about {format_duration(left)} left"
+        if event.kind == "start" and event.message:
+            text += f"\n{event.message}"
+        return text
+
+    def _show_layers(self) -> None:
+        """Add (or re-point) the layers that read the output folder while it is written."""
+        group = zarr.open_group(str(self.path), mode="r")
+        image = self._image
+        name = self.path.stem if self.path is not None else "prediction"
+        where = {"scale": image.scale, "translate": image.translate} if image is not None else {}
+        if "probabilities" in group:
+            arr = group["probabilities"]
+            fg = foreground_channel(arr.shape[1])
+            view = ChannelView(arr, (0, fg))
+            limits = (0.0, 1.0)
+            layer = self.probability_layer
+            if layer is not None and layer in self.viewer.layers:
+                layer.data = view
+            else:
+                self.probability_layer = self.viewer.add_image(
+                    view, name=f"{name} · P(class {fg})", colormap="magma", blending="additive",
+                    contrast_limits=limits, opacity=0.8, multiscale=False, **where,
+                )
+        if "labels" in group:
+            view = ChannelView(group["labels"], (0,))
+            layer = self.labels_layer
+            if layer is not None and layer in self.viewer.layers:
+                layer.data = view
+            else:
+                self.labels_layer = self.viewer.add_labels(
+                    view, name=f"{name} · labels", opacity=0.5, multiscale=False,
+                    visible="probabilities" not in group, **where,
+                )
+        if image is not None:
+            self.viewer.layers.selection.active = image
+
+    def _finish_contrast(self) -> None:
+        layer = self.probability_layer
+        if layer is None or self.postprocess_combo.value != "none":
+            return
+        data = layer.data
+        stride = tuple(max(1, s // 64) for s in data.shape)
+        sample = np.asarray(data[tuple(slice(None, None, s) for s in stride)], dtype=np.float64)
+        lo, hi = float(np.nanmin(sample)), float(np.nanmax(sample))
+        if math.isfinite(lo) and math.isfinite(hi) and hi > lo:
+            layer.contrast_limits_range = (lo, hi)
+            layer.contrast_limits = (lo, hi)
+
+    def _on_aborted(self) -> None:
+        self.outcome = "cancelled"
+        e = self.last_event
+        done = f" after {e.regions_done} of {e.regions_total} regions" if e is not None else ""
+        set_status(
+            self.status,
+            f"Cancelled{done}. Finished regions are kept in {self.path}: press Run with the same "
+            f"parameters to resume.",
+        )
+
+    def _on_returned(self, result) -> None:
+        if isinstance(result, Failed):
+            self._fail(result.error)
+        elif result is None and self._cancel_requested.is_set():  # stopped inside a region
+            self._on_aborted()
+
+    def _fail(self, exc) -> None:
+        self.outcome = "error"
+        set_status(self.status, f"Prediction failed: {error_text(exc)}", error=True)
+        notify_error(exc)
+
+    def _on_finished(self) -> None:
+        if self.outcome is None and self._cancel_requested.is_set():
+            self._on_aborted()  # however the worker's signals were ordered, a cancel is a cancel
+        self.worker = None
+        self.run_button.enabled, self.cancel_button.enabled = True, False
+
+
+def _relay(model, source, grid, path, **kwargs):
+    """The worker's generator: the engine's events, one by one (quit() stops between them);
+    an error is returned, not raised, and shown by the widget."""
+    t0 = time.perf_counter()
+    try:
+        for event in iter_predict(model, source, grid, path, **kwargs):
+            yield event
+    except Cancelled:
+        return None  # the widget reports the cancel (aborted)
+    except Exception as e:  # handed to the GUI thread, shown there
+        return Failed(e)
+    return time.perf_counter() - t0

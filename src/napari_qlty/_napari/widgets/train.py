@@ -1,0 +1,239 @@
+"""Train a network on an image and its sparse labels, in this napari session.
+
+A thin front end to :func:`napari_qlty.core.pairs.clean_pairs` (training pairs are cut in
+memory) and :func:`napari_qlty.train.trainer.iter_train` (run in a background thread;
+loss and validation F1 are shown as they arrive). Stop ends the run after the current
+step. The trained model is registered with :func:`napari_qlty._napari.register_model`,
+so the Tiled inference widget offers it at once. napari's labels (0 = unlabelled,
+1.. = classes) become the engine's classes 0.. with -1 = unlabelled.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from magicgui.widgets import Container, FloatSpinBox, LineEdit, ProgressBar, PushButton
+from napari.layers import Image, Labels
+
+from .._qt.base import ViewerWidget, form, grid_button, set_status, status_label
+from .._common import (
+    Failed,
+    TrainingLabels,
+    error_text,
+    format_duration,
+    level0,
+    notify_error,
+    parse_per_axis,
+    spatial_shape,
+    thousands,
+)
+from .._registry import register_model
+
+if TYPE_CHECKING:
+    import napari
+
+
+class TrainWidget(ViewerWidget):
+    """Train a U-Net on sparse labels for a time budget; the result goes to Tiled inference."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(viewer, labels=False)
+        self.image_combo = self.layer_combo(Image, "image", tooltip="The image to learn from")
+        self.labels_combo = self.layer_combo(
+            Labels, "labels", tooltip="Sparse labels of the image (0 = unlabelled, 1.. = classes)"
+        )
+        self.window_edit = LineEdit(value="64", label="window", tooltip="Window size: one number, or one per axis")
+        self.step_edit = LineEdit(value="32", label="step", tooltip="Distance between windows: one number, or one per axis")
+        self.border_edit = LineEdit(value="0", label="border", tooltip="Labels in this band at each window's edge are ignored")
+        self.copy_grid = grid_button(self)
+        self.seconds_spin = FloatSpinBox(
+            value=60.0, min=1.0, max=7 * 24 * 3600.0, step=10.0, label="time budget (s)",
+            tooltip="Training stops after this many seconds",
+        )
+        self.name_edit = LineEdit(value="", label="model name", tooltip="Name in the inference widget (empty: from the image)")
+        self.train_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        buttons = Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.progress = ProgressBar(value=0, min=0, max=1000, label="progress")
+        self.metrics = status_label()
+        self.status = status_label()
+        self.extend([
+            form(self.image_combo, self.labels_combo, self.copy_grid, self.window_edit, self.step_edit,
+                 self.border_edit, self.seconds_spin, self.name_edit),
+            buttons, self.progress, self.metrics, self.status,
+        ])
+
+        self.worker = None
+        #: options passed to TrainConfig on top of the widget's (tests use a tiny network)
+        self.config_overrides: dict = {}
+        #: "done", "stopped", "error" or None
+        self.outcome: str | None = None
+        self.model = None
+        self.model_name: str | None = None
+        self.last_event = None
+        self.events_seen: list[str] = []
+        self._stop = threading.Event()
+        self._budget = 60.0
+        self._loss = None
+        self._f1 = None
+
+        self.train_button.changed.connect(self.run)
+        self.stop_button.changed.connect(self.stop)
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    # -- running --------------------------------------------------------------------------
+    def run(self, *_) -> None:
+        """Cut the pairs and train in a background thread."""
+        if self.running:
+            return
+        try:
+            job = self._prepare()
+        except Exception as e:
+            self._fail(e)
+            return
+        from napari.qt.threading import thread_worker
+
+        self.outcome, self.model, self.last_event = None, None, None
+        self.events_seen = []
+        self._loss = self._f1 = None
+        self._stop.clear()
+        self.progress.value = 0
+        self.metrics.value = ""
+        set_status(self.status, "Cutting training pairs…")
+        self.worker = thread_worker(self._work, start_thread=False)(*job)
+        self.worker.yielded.connect(self._on_event)
+        self.worker.returned.connect(self._on_returned)
+        self.worker.errored.connect(self._fail)
+        self.worker.finished.connect(self._on_finished)
+        self.train_button.enabled, self.stop_button.enabled = False, True
+        self.worker.start()
+
+    def _prepare(self):
+        import numpy as np
+
+        from ...core.grid import Grid
+        from ...train.trainer import TrainConfig
+
+        image, labels = self.image_combo.value, self.labels_combo.value
+        if image is None or labels is None:
+            raise ValueError("choose an image layer and a labels layer")
+        if getattr(image, "rgb", False):
+            raise ValueError("training on RGB images is not supported; choose a single-channel image")
+        shape = spatial_shape(image)
+        label_data = level0(labels)
+        if tuple(label_data.shape) != shape:
+            raise ValueError(f"labels {tuple(label_data.shape)} and image {shape} differ in shape")
+        if len(shape) not in (2, 3):
+            raise ValueError(f"the image has {len(shape)} axes; training takes 2D or 3D images")
+        window = parse_per_axis(self.window_edit.value, "window", len(shape))
+        step = parse_per_axis(self.step_edit.value, "step", len(shape))
+        border = parse_per_axis(self.border_edit.value, "border", len(shape))
+        windows = (window,) * len(shape) if isinstance(window, int) else window
+        if any(w > s for w, s in zip(windows, shape)):
+            raise ValueError(f"window {windows} is larger than the image {shape}")
+        grid = Grid(shape, window, step, border)
+        classes = int(np.asarray(label_data).max())
+        if classes < 1:
+            raise ValueError(f"labels layer {labels.name!r} has no labels (paint some with values 1, 2, …)")
+        self._budget = float(self.seconds_spin.value)
+        options = {
+            "arch": "unet", "net": {"channels": 8}, "classes": max(2, classes),
+            "planar": len(shape) == 3, "patch": min(48, *windows),
+            "epochs": 100_000, "steps_per_epoch": 10, "max_seconds": self._budget, "val_samples": 16,
+        }
+        options.update(self.config_overrides)
+        config = TrainConfig(**options)
+        name = self.name_edit.value.strip() or f"{image.name} (trained)"
+        return level0(image), TrainingLabels(label_data), grid, config, name
+
+    def _work(self, image_data, labels, grid, config, name):
+        import numpy as np
+        import torch
+
+        from ...core.pairs import clean_pairs
+        from ...train.trainer import build_model, iter_train
+
+        try:
+            image = torch.from_numpy(np.asarray(image_data, dtype=np.float32))[None, None]
+            label_arr = torch.from_numpy(np.asarray(labels[:]))
+            pairs = clean_pairs(image, label_arr, grid)
+            n = len(pairs)
+            if n == 0:
+                raise ValueError("no window holds labels: paint some, or use a smaller window")
+            yield ("pairs", n)
+            if n >= 2:
+                n_val = max(1, n // 5)
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+                val_idx, train_idx = order[:n_val], order[n_val:]
+                train = (pairs.images[train_idx], pairs.labels[train_idx])
+                val = (pairs.images[val_idx], pairs.labels[val_idx])
+            else:
+                train, val = (pairs.images, pairs.labels), None
+            model = build_model(config, grid.ndim)
+            last = None
+            for event in iter_train(config, train, val, model=model, stop=self._stop):
+                last = event
+                yield ("event", event)
+        except Exception as e:  # handed to the GUI thread, shown there
+            return Failed(e)
+        return model.eval(), last, name
+
+    def stop(self, *_) -> None:
+        """End training after the current step; the model trained so far is kept."""
+        if self.running:
+            self._stop.set()
+            set_status(self.status, "Stopping after the current step…")
+
+    # -- results ----------------------------------------------------------------------------
+    def _on_event(self, item) -> None:
+        what, value = item
+        if what == "pairs":
+            set_status(self.status, f"Training on {thousands(value)} pairs…")
+            return
+        event = value
+        self.last_event = event
+        self.events_seen.append(event.kind)
+        if event.loss is not None and event.kind == "step":
+            self._loss = event.loss
+        if event.val_f1 is not None:
+            self._f1 = event.val_f1
+        self.progress.value = int(1000 * min(1.0, event.elapsed / max(self._budget, 1e-9)))
+        parts = [f"step {thousands(event.step)}", f"epoch {event.epoch}"]
+        if self._loss is not None:
+            parts.append(f"loss {self._loss:.4f}")
+        if self._f1 is not None:
+            parts.append(f"val F1 {self._f1:.3f}")
+        parts.append(f"{format_duration(event.elapsed)} of {format_duration(self._budget)}")
+        self.metrics.value = " · ".join(parts)
+        if event.kind == "start":
+            set_status(self.status, f"Training: {event.message}")
+
+    def _on_returned(self, result) -> None:
+        if isinstance(result, Failed):
+            self._fail(result.error)
+            return
+        model, last, name = result
+        try:
+            register_model(name, model)
+        except Exception as e:
+            self._fail(e)
+            return
+        self.model, self.model_name = model, name
+        self.outcome = "stopped" if self._stop.is_set() else "done"
+        self.progress.value = self.progress.max
+        how = "stopped" if self.outcome == "stopped" else (last.message or "done") if last else "done"
+        set_status(self.status, f"Training {how}: model '{name}' is ready in Tiled inference")
+
+    def _fail(self, exc) -> None:
+        self.outcome = "error"
+        set_status(self.status, f"Training failed: {error_text(exc)}", error=True)
+        notify_error(exc)
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self.train_button.enabled, self.stop_button.enabled = True, False

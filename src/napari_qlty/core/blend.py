@@ -1,0 +1,246 @@
+"""Blending window outputs back into a volume: a weighted sum, divided by the total weight.
+
+The accumulator lives on the patches' device and covers a region (by default the whole
+volume), so the same code stitches a small image in memory and one chunk-aligned region
+of a volume far larger than RAM. The total weight is never accumulated: it is known in
+closed form (see :mod:`napari_qlty.core.weights`), so only the weighted sum is summed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .grid import Grid
+from .weights import Weighting, WindowWeights, window_weights
+
+#: voxels of total weight built at a time when normalising: few, large operations
+#: (robust to a loaded machine) while the weight block stays a small part of the output
+NORMALISE_BLOCK = 1 << 20
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is summed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class Accumulator:
+    """Weighted sum of window outputs over one box ``[start, stop)`` of the padded volume."""
+
+    def __init__(
+        self,
+        weights: WindowWeights,
+        n_images: int,
+        channels: int,
+        *,
+        start: Sequence[int] | None = None,
+        stop: Sequence[int] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        grid = weights.grid
+        self.grid = grid
+        self.weights = weights
+        self.n_images = n_images
+        self.channels = channels
+        self.start = tuple(start) if start is not None else (0,) * grid.ndim
+        self.stop = tuple(stop) if stop is not None else grid.padded_shape
+        size = tuple(b - a for a, b in zip(self.start, self.stop))
+        if min(size) < 1:
+            raise ValueError(f"region [{self.start}, {self.stop}) is empty")
+        self.sum = torch.zeros((n_images, channels, *size), dtype=dtype, device=device)
+        self._origins = grid.origins()
+        self._placement: dict[int, tuple[tuple[slice, ...], tuple[slice, ...]] | None] = {}
+
+    def add(self, patches: torch.Tensor, indices: Sequence[int] | np.ndarray) -> None:
+        """Add windows ``patches`` (M, C, *window) with flat indices ``indices``."""
+        check_patches(patches, self.grid, self.channels)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(indices) != patches.shape[0]:
+            raise ValueError(
+                f"got {patches.shape[0]} patches but {len(indices)} window indices"
+            )
+        for patch, index in zip(patches, indices):
+            self.add_one(patch, int(index))
+
+    def add_one(self, patch: torch.Tensor, index: int) -> None:
+        """Add one window's output (C, *window); the part outside the region is ignored."""
+        n, k = divmod(index, len(self.grid))
+        if not 0 <= n < self.n_images:
+            raise IndexError(f"window index {index} is for image {n}, outside [0, {self.n_images})")
+        if k not in self._placement:
+            self._placement[k] = self._place(k)
+        placement = self._placement[k]
+        if placement is None:
+            return
+        src, dst = placement
+        target = self.sum[(n, slice(None), *dst)]
+        part = patch[(slice(None), *src)]
+        if self.weights.uniform:
+            target.add_(part)
+        else:
+            w = self.weights.for_window(k, device=patch.device, dtype=self.sum.dtype)
+            target.addcmul_(part, w[src])
+
+    def add_grid(self, patches: torch.Tensor) -> None:
+        """Add the windows of whole images, (N * len(grid), C, *window), in grid order.
+
+        Windows are added in lattice groups (see :func:`lattice_groups`): one strided
+        view of the sums and one of the patches per group, so a 2D image of hundreds of
+        windows costs a handful of operations.
+        """
+        grid = self.grid
+        if self.start != (0,) * grid.ndim or self.stop != grid.padded_shape:
+            raise ValueError("add_grid needs an accumulator over the whole volume")
+        per_image = len(grid)
+        check_patches(patches, grid, self.channels)
+        if patches.shape[0] != self.n_images * per_image:
+            raise ValueError(f"expected {self.n_images * per_image} patches, got {patches.shape[0]}")
+        pos_stride = [math.prod(grid.counts[a + 1 :]) for a in range(grid.ndim)]
+        acc, ps = self.sum, patches.stride()
+        for group in lattice_groups(grid):
+            cls = tuple((r.start == 0, r.start == c - 1) for r, c in zip(group, grid.counts))
+            lens = [len(r) for r in group]
+            origin = [int(o[r.start]) for o, r in zip(grid.axis_origins, group)]
+            win_shape = (patches.shape[1], *grid.window)
+            w = None if self.weights.uniform else self.weights.for_class(cls, patches.device, acc.dtype)
+            for n in range(self.n_images):
+                target = acc.as_strided(
+                    (*lens, *win_shape),
+                    (*(r.step * st * acc.stride(2 + a) for a, (r, st) in enumerate(zip(group, grid.step))),
+                     *acc.stride()[1:]),
+                    acc.storage_offset() + n * acc.stride(0)
+                    + sum(o * acc.stride(2 + a) for a, o in enumerate(origin)),
+                )
+                part = patches.as_strided(
+                    (*lens, *win_shape),
+                    (*(r.step * p * ps[0] for r, p in zip(group, pos_stride)), *ps[1:]),
+                    patches.storage_offset()
+                    + (n * per_image + sum(r.start * p for r, p in zip(group, pos_stride))) * ps[0],
+                )
+                if w is None:
+                    target.add_(part)
+                else:
+                    target.addcmul_(part, w)
+
+    def _place(self, k: int) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+        """(slices in the window, slices in the region) of window ``k``, None if it misses."""
+        src, dst = [], []
+        for o, w, a, b in zip(self._origins[k].tolist(), self.grid.window, self.start, self.stop):
+            lo, hi = max(o, a), min(o + w, b)
+            if lo >= hi:
+                return None
+            src.append(slice(lo - o, hi - o))
+            dst.append(slice(lo - a, hi - a))
+        return tuple(src), tuple(dst)
+
+    def result(self, crop: bool = True) -> torch.Tensor:
+        """The weighted mean over the region (in place: the accumulator is consumed).
+
+        Raises ``ValueError`` if any value is NaN or infinite (a model output went wrong).
+        """
+        out = self.sum
+        normalise_(out, self.weights, self.start)
+        if crop:
+            keep = tuple(slice(0, max(0, min(b, s) - a)) for a, b, s in zip(self.start, self.stop, self.grid.shape))
+            out = out[(slice(None), slice(None), *keep)]
+        self.sum = None  # type: ignore[assignment]
+        return out
+
+
+def normalise_(sums: torch.Tensor, weights: WindowWeights, start: Sequence[int]) -> torch.Tensor:
+    """Divide weighted sums (N, C, *box), box at ``start``, by the total weight, in place.
+
+    Works in row blocks so the weight block stays small. Raises ``ValueError`` if any
+    value is NaN or infinite (a model output went wrong).
+    """
+    size = sums.shape[2:]
+    # on a GPU one block: kernel launches, not memory, are the cost there
+    block = math.prod(size) if sums.device.type == "cuda" else NORMALISE_BLOCK
+    rows = max(1, block // max(1, math.prod(size[1:])))
+    bad = torch.zeros((), dtype=torch.bool, device=sums.device)
+    for r0 in range(0, size[0], rows):
+        r1 = min(r0 + rows, size[0])
+        block_start = (start[0] + r0, *start[1:])
+        block_stop = (start[0] + r1, *(a + s for a, s in zip(start[1:], size[1:])))
+        block = sums[:, :, r0:r1]
+        block.div_(weights.norm(block_start, block_stop, device=sums.device, dtype=sums.dtype))
+        bad |= ~torch.isfinite(block.detach().sum())  # NaN and inf survive a sum
+    if bool(bad):
+        raise ValueError(
+            "stitched result holds NaN or infinite values: the model produced NaN/inf "
+            "for at least one window"
+        )
+    return sums
+
+
+def lattice_groups(grid: Grid) -> list[tuple[range, ...]]:
+    """Window positions in groups that share an edge class and never overlap.
+
+    Per axis: the first window, the interior windows split into ``ceil(window / step)``
+    colours (same-colour windows lie ``>= window`` apart, at regular origins), and the
+    stepped-back last window. The groups are the products of these sets.
+    """
+    per_axis = []
+    for count, w, step in zip(grid.counts, grid.window, grid.step):
+        colours = math.ceil(w / step)
+        sets = [range(0, 1)]
+        sets += [range(1 + c, count - 1, colours) for c in range(min(colours, max(0, count - 2)))]
+        if count > 1:
+            sets.append(range(count - 1, count))
+        per_axis.append(sets)
+    return list(itertools.product(*per_axis))
+
+
+def check_patches(patches: torch.Tensor, grid: Grid, channels: int | None = None) -> None:
+    if not isinstance(patches, torch.Tensor):
+        raise TypeError(f"patches must be a torch.Tensor, got {type(patches).__name__}")
+    expected = 2 + grid.ndim
+    if patches.ndim != expected or tuple(patches.shape[2:]) != grid.window:
+        raise ValueError(
+            f"patches must have shape (M, C, {', '.join(map(str, grid.window))}) for this grid, "
+            f"got {tuple(patches.shape)}"
+        )
+    if channels is not None and patches.shape[1] != channels:
+        raise ValueError(f"patches have {patches.shape[1]} channels, expected {channels}")
+
+
+def stitch(
+    patches: torch.Tensor,
+    grid: Grid,
+    weighting: Weighting | WindowWeights = Weighting(),
+    *,
+    return_weight: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Blend all windows of ``N`` images, (N * len(grid), C, *window), into (N, C, *shape).
+
+    The output's channels are the patches' channels (a model may change them). Sums
+    run on the patches' device in float32 (float64 stays float64); gradients flow.
+    With ``return_weight`` the total weight map (*shape) is returned as well.
+    """
+    check_patches(patches, grid)
+    per_image = len(grid)
+    if patches.shape[0] == 0 or patches.shape[0] % per_image:
+        raise ValueError(
+            f"got {patches.shape[0]} patches, but this grid has {per_image} windows per image: "
+            f"the count must be a positive multiple of {per_image}"
+        )
+    weights = weighting if isinstance(weighting, WindowWeights) else window_weights(grid, weighting)
+    acc = Accumulator(
+        weights,
+        patches.shape[0] // per_image,
+        patches.shape[1],
+        device=patches.device,
+        dtype=accumulation_dtype(patches.dtype),
+    )
+    acc.add_grid(patches)
+    out = acc.result()
+    if return_weight:
+        keep = tuple(slice(0, s) for s in grid.shape)
+        return out, weights.norm(device=patches.device, dtype=out.dtype)[keep]
+    return out
+

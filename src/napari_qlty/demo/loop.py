@@ -1,0 +1,448 @@
+"""`make demo`: sparse labels to a whole-volume segmentation, in one loop (issue 5).
+
+On the built-in synthetic tomogram (filaments in noise, with a ground truth and a few
+painted slices, 0.06 % of voxels, as in the paper):
+
+1. checks the engine: a small network stitched from windows equals the same network
+   run on the whole volume;
+2. exports training pairs with window 64, step 32, border 0 to a zarr (Table 2);
+3. trains a small ensemble (a U-Net and a mixed-scale dense network) on them with a
+   masked cross-entropy;
+4. runs the ensemble over the volume with window 128, step 108, border 10 and border
+   weight 0 into a zarr store (Table 3);
+5. scores the stitched segmentation against the ground truth (macro F1), near the
+   seams and away from them;
+6. draws the paper's Figure 2 (a slice, the filament probability, the sparse labels,
+   the windows and the seams) with Pillow.
+
+``python -m napari_qlty.demo --paper`` runs it on the paper's volume (236, 720, 510).
+See ``docs/demo.md`` for the choices and the measured results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import Grid, Weighting, infer
+from ..io.pairs_store import PairsDataset, export_pairs
+from ..run.runner import predict
+from ..data.tomogram import PAPER_SHAPE, make_tomogram
+
+DEMO_SHAPE: tuple[int, int, int] = (128, 236, 236)
+"""The default volume: the paper's inference window (128) fits along Z with no padding,
+and Y and X (236, the paper's Z) take two windows each at step 108, exactly as in the
+paper (overlap 20 = 2 x border), so the seams are the paper's seams."""
+
+#: the paper's figures, printed beside ours
+PAPER = {
+    "shape": PAPER_SHAPE,
+    "windows": 2310,
+    "kept": 256,
+    "labelled": {0: 51505, 1: 1809},
+    "duplication": 7.47,
+    "table3_windows": 231,
+    "macro_f1": 0.88,
+}
+
+TRAIN_WINDOW, TRAIN_STEP = 64, 32
+INFER_WINDOW, INFER_STEP, INFER_BORDER = 128, 108, 10
+F1_TARGET, SEAM_TOLERANCE = 0.85, 0.02
+
+#: the two members of the ensemble (2.5D: 2D networks on slices with 2 neighbours a side)
+NETWORKS = {
+    "unet": {"arch": "unet", "net": {"channels": 8, "levels": 2, "norm": "batch"}},
+    "msdnet": {"arch": "msdnet", "net": {"layers": 20, "width": 1, "max_dilation": 8}},
+}
+
+PURPLE = (170, 60, 220)
+
+
+# -- printing ---------------------------------------------------------------------------
+def section(title: str) -> None:
+    print(f"\n== {title}", flush=True)
+
+
+def table(rows: list[tuple], header: tuple | None = None) -> str:
+    rows = [tuple(str(c) for c in r) for r in rows]
+    if header:
+        rows = [tuple(header)] + rows
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
+        lines.append("  " + "  ".join(cells))
+        if header and k == 0:
+            lines.append("  " + "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt_s(seconds: float) -> str:
+    return f"{seconds:.1f} s"
+
+
+# -- 1. the engine check ------------------------------------------------------------------
+def engine_check(x: torch.Tensor) -> tuple[bool, str]:
+    """A 2-convolution network (reach 2) stitched from windows with a border band of 4 and
+    border weight 0 equals the same network run on the whole volume at once."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(2, 2, 3, padding=1)
+    ).eval()
+    shape = tuple(x.shape[2:])
+    window = tuple(min(64, s) for s in shape)
+    grid = Grid(shape, window=window, step=tuple(max(1, w - 8) for w in window), border=4)
+    with torch.no_grad():
+        stitched = infer(net, x, grid, Weighting("border", border_weight=0.0), batch_size=4)
+        whole = net(x)
+    diff = float((stitched - whole).abs().max())
+    ok = diff < 1e-4
+    line = (f"engine check: max |stitched - whole-volume| = {diff:.1e} over {len(grid)} windows "
+            f"(window {window[0]}, border 4 >= network reach 2): {'OK' if ok else 'MISMATCH'}")
+    return ok, line
+
+
+# -- 2. pairs ---------------------------------------------------------------------------
+def table2(stats, shape) -> str:
+    paper = shape == PAPER_SHAPE
+    rows = [
+        ("windows in the grid", stats.total_windows, PAPER["windows"]),
+        ("windows kept (>= 1 label)", stats.kept_windows, PAPER["kept"]),
+    ]
+    for c in sorted(stats.labelled_voxels):
+        rows.append((f"labelled voxels, class {c} ({'filament' if c == 1 else 'background'})",
+                     stats.labelled_voxels[c], PAPER["labelled"].get(c, "")))
+    rows.append(("labelled voxels in kept windows", stats.labelled_in_kept, ""))
+    rows.append(("duplication rate", f"{stats.duplication:.2f}", f"{PAPER['duplication']:.2f}"))
+    header = ("Table 2", "ours", "paper" + ("" if paper else f" {PAPER_SHAPE}"))
+    return table(rows, header)
+
+
+# -- 3. training ------------------------------------------------------------------------
+def train_members(train_set, val_set, out: Path, args) -> tuple[list, list[Path], float]:
+    from ..train import TrainConfig, train
+
+    members, paths = [], []
+    t0 = time.perf_counter()
+    names = list(NETWORKS)
+    for i, name in enumerate(names):
+        spec = NETWORKS[name]
+        remaining = None
+        if args.max_train_seconds:
+            # share what is left of the budget among the networks still to train
+            remaining = max(1.0, (args.max_train_seconds - (time.perf_counter() - t0)) / (len(names) - i))
+        config = TrainConfig(
+            arch=spec["arch"], net=dict(spec["net"]), planar=True, context=2, axes=tuple(args.axes),
+            patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch, lr=args.lr, class_weight_power=0.5,
+            seed=args.seed + i, device=args.device, max_seconds=remaining,
+            log_every=max(1, args.steps_per_epoch),
+        )
+        print(f"  {name}: {spec['net']}, 2.5D (2 neighbouring slices a side), "
+              f"{config.steps} steps of {config.batch_size} crops {config.patch}x{config.patch}", flush=True)
+        path = out / f"{name}.pt"
+
+        def show(event, name=name):
+            if event.kind in ("start", "epoch", "done", "stopped"):
+                print(f"    {name:<7}{event.line()}", flush=True)
+
+        result = train(config, train_set, val_set, checkpoint=path, on_event=show)
+        members.append(result.model)
+        paths.append(path)
+    return members, paths, time.perf_counter() - t0
+
+
+# -- 4. inference -----------------------------------------------------------------------
+def inference_grid(shape, window: int, step: int, border: int) -> Grid:
+    pad = "reflect" if any(window > s for s in shape) else None
+    return Grid(shape, window=window, step=step, border=border, pad=pad)
+
+
+def table3(grid: Grid, seconds: float, model_windows: int) -> str:
+    rows = []
+    for axis, name in enumerate("ZYX"):
+        origins = ", ".join(str(int(o)) for o in grid.axis_origins[axis])
+        padded = "" if grid.padded_shape[axis] == grid.shape[axis] else f" (padded to {grid.padded_shape[axis]})"
+        rows.append((f"axis {name}: size {grid.shape[axis]}{padded}", grid.counts[axis], f"origins {origins}"))
+    rows.append(("windows", len(grid), " x ".join(map(str, grid.counts))))
+    rows.append(("time (all windows, all members)", fmt_s(seconds), "+1 zeros window: predict's output check"))
+    rows.append(("windows / s", f"{model_windows / seconds:.3f}" if seconds > 0 else "-", ""))
+    return table(rows, ("Table 3", "windows", ""))
+
+
+def paper_grid_note() -> str:
+    g108 = Grid(PAPER_SHAPE, window=INFER_WINDOW, step=INFER_STEP, border=INFER_BORDER)
+    g64 = Grid(PAPER_SHAPE, window=INFER_WINDOW, step=64)
+    return (f"on the paper's volume {PAPER_SHAPE}, window {INFER_WINDOW} step {INFER_STEP} gives "
+            f"{' x '.join(map(str, g108.counts))} = {len(g108)} windows, not the {PAPER['table3_windows']} "
+            f"of the paper's Table 3; {PAPER['table3_windows']} = {' x '.join(map(str, g64.counts))} is "
+            f"what step 64 gives")
+
+
+# -- 6. the figure ------------------------------------------------------------------------
+_HEAT = np.array([  # black-red-yellow-white ramp for the probability overlay
+    [0.0, 0, 0, 0], [0.35, 180, 20, 20], [0.7, 255, 160, 0], [1.0, 255, 255, 180]], dtype=np.float64)
+
+
+def heat(p: np.ndarray) -> np.ndarray:
+    rgb = np.stack([np.interp(p, _HEAT[:, 0], _HEAT[:, c]) for c in (1, 2, 3)], axis=-1)
+    return rgb
+
+
+def gray(image: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(image, [1, 99.5])
+    g = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+    return np.repeat(g[..., None], 3, axis=-1)
+
+
+def blend(base: np.ndarray, colour, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    return base * (1 - a) + np.asarray(colour, dtype=np.float64) * a
+
+
+def figure2(image2d, prob2d, ann2d, truth2d, pred2d, grid: Grid, z: int, path_list, title: str) -> None:
+    """Three panels of one XY slice: the data and the sparse labels; the filament
+    probability with the windows and seams (purple); errors against the ground truth."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    h, w = image2d.shape
+    scale = max(1, round(480 / max(h, w)))
+    base = gray(image2d)
+    a = base.copy()
+    a = blend(a, (40, 220, 90), (ann2d == 1) * 0.9)
+    a = blend(a, (60, 120, 255), (ann2d == 0) * 0.7)
+    b = blend(base, heat(prob2d), np.clip(prob2d * 1.2, 0, 0.85))
+    c = base * 0.55
+    c = blend(c, (255, 215, 0), (pred2d & truth2d) * 0.9)      # found
+    c = blend(c, (235, 40, 40), (pred2d & ~truth2d) * 0.9)     # false positive
+    c = blend(c, (40, 200, 255), (~pred2d & truth2d) * 0.9)    # missed
+    panels = [a, b, c]
+    titles = ["image + sparse labels (green filament, blue background)",
+              "filament probability, windows (white), seams (purple)",
+              "vs ground truth: found (yellow), false (red), missed (cyan)"]
+    font = ImageFont.load_default(size=14) if _font_sizes() else ImageFont.load_default()
+    pad, top, bottom = 12, 30, 34
+    pw, ph = w * scale, h * scale
+    canvas = Image.new("RGB", (len(panels) * (pw + pad) + pad, ph + top + bottom), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for k, (panel, t) in enumerate(zip(panels, titles)):
+        img = Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8)).resize((pw, ph), Image.NEAREST)
+        x0 = pad + k * (pw + pad)
+        canvas.paste(img, (x0, top))
+        draw.text((x0, 8), t, fill=(0, 0, 0), font=font)
+        if k == 1:
+            _windows_and_seams(draw, grid, x0, top, scale, h, w)
+    draw.text((pad, top + ph + 8), title, fill=(0, 0, 0), font=font)
+    for path in path_list:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(path)
+
+
+def _font_sizes() -> bool:
+    from PIL import ImageFont
+
+    try:
+        ImageFont.load_default(size=14)
+        return True
+    except TypeError:  # Pillow < 10.1
+        return False
+
+
+def _windows_and_seams(draw, grid: Grid, x0: int, y0: int, scale: int, h: int, w: int) -> None:
+    ys, xs = grid.axis_origins[1], grid.axis_origins[2]
+    wy, wx = grid.window[1], grid.window[2]
+    for k, oy in enumerate(ys):
+        for j, ox in enumerate(xs):
+            inset = 2 * ((k + j) % 2)  # neighbouring outlines side by side, not on top of each other
+            r = (x0 + int(ox) * scale + inset, y0 + int(oy) * scale + inset,
+                 x0 + min(int(ox) + wx, w) * scale - 1 - inset, y0 + min(int(oy) + wy, h) * scale - 1 - inset)
+            draw.rectangle(r, outline=(255, 255, 255), width=1)
+    seams = grid.seams()
+    for s in seams[1]:
+        yy = y0 + round(float(s) * scale)
+        draw.line([(x0, yy), (x0 + w * scale - 1, yy)], fill=PURPLE, width=2)
+    for s in seams[2]:
+        xx = x0 + round(float(s) * scale)
+        draw.line([(xx, y0), (xx, y0 + h * scale - 1)], fill=PURPLE, width=2)
+
+
+def repo_figure_path() -> Path | None:
+    """docs/figures/figure2.png of the source checkout this module runs from, if any."""
+    root = Path(__file__).resolve().parents[2]
+    docs = root / "docs"
+    if (root / "pyproject.toml").is_file() and docs.is_dir():
+        return docs / "figures" / "figure2.png"
+    return None
+
+
+# -- the loop ---------------------------------------------------------------------------
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m napari_qlty.demo", description=__doc__.split("\n")[0])
+    p.add_argument("--paper", action="store_true", help=f"use the paper's volume {PAPER_SHAPE} (slow on a CPU)")
+    p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
+    p.add_argument("--figure", default="auto",
+                   help="where else to save Figure 2 ('auto': docs/figures/figure2.png of a source "
+                        "checkout; 'none': only the output folder)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: small convolutions gain nothing from more on a "
+                        "CPU, and lose a lot when the machine is shared)")
+    p.add_argument("--max-train-seconds", type=float, default=180.0,
+                   help="stop training when this much time is spent (both networks); 0: no limit")
+    # hidden knobs (tests, experiments)
+    h = argparse.SUPPRESS
+    p.add_argument("--shape", default=None, help=h)
+    p.add_argument("--epochs", type=int, default=5, help=h)
+    p.add_argument("--steps-per-epoch", type=int, default=100, help=h)
+    p.add_argument("--batch-size", type=int, default=8, help=h)
+    p.add_argument("--patch", type=int, default=48, help=h)
+    p.add_argument("--lr", type=float, default=3e-3, help=h)
+    p.add_argument("--axes", default="0", help=h)
+    p.add_argument("--train-window", type=int, default=TRAIN_WINDOW, help=h)
+    p.add_argument("--train-step", type=int, default=TRAIN_STEP, help=h)
+    p.add_argument("--infer-window", type=int, default=INFER_WINDOW, help=h)
+    p.add_argument("--infer-step", type=int, default=INFER_STEP, help=h)
+    p.add_argument("--infer-border", type=int, default=INFER_BORDER, help=h)
+    p.add_argument("--annotated-fraction", type=float, default=6e-4, help=h)
+    args = p.parse_args(argv)
+    args.axes = [int(c) for c in str(args.axes).replace(",", "")]
+    if args.shape:
+        args.shape = tuple(int(s) for s in args.shape.split(","))
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    shape = PAPER_SHAPE if args.paper else (args.shape or DEMO_SHAPE)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="napari-qlty-demo-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"napari-qlty demo: sparse labels to segmentation, on a synthetic tomogram {shape} (Z, Y, X)")
+    print(f"output folder: {out}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+
+    # 1 ------------------------------------------------------------------------------
+    section("1. data and engine check")
+    t = time.perf_counter()
+    tomo = make_tomogram(shape, seed=args.seed, annotated_fraction=args.annotated_fraction)
+    timings["generate"] = time.perf_counter() - t
+    x = torch.from_numpy(tomo.image)[None, None]
+    annotations = tomo.annotations.astype(np.int16)
+    labelled = int((annotations >= 0).sum())
+    print(f"  tomogram generated in {fmt_s(timings['generate'])}: {math.prod(shape) / 1e6:.1f} M voxels, "
+          f"{tomo.labels.mean() * 100:.1f} % filament; {labelled} voxels labelled "
+          f"({labelled / math.prod(shape) * 100:.3f} %) on slices {tomo.annotated_slices}")
+    t = time.perf_counter()
+    ok_engine, line = engine_check(x)
+    timings["engine check"] = time.perf_counter() - t
+    print("  " + line)
+
+    # 2 ------------------------------------------------------------------------------
+    section(f"2. training pairs: window {args.train_window}, step {args.train_step}, border 0 (Table 2)")
+    t = time.perf_counter()
+    train_grid = Grid(shape, window=tuple(min(args.train_window, s) for s in shape), step=args.train_step)
+    pairs_path = out / "pairs.zarr"
+    for _written, _total, stats in export_pairs(x.numpy(), annotations[None], train_grid, pairs_path,
+                                                overwrite=True):
+        pass
+    timings["export"] = time.perf_counter() - t
+    print(table2(stats, shape))
+    print(f"  written to {pairs_path} in {fmt_s(timings['export'])}")
+
+    # 3 ------------------------------------------------------------------------------
+    section("3. training an ensemble (masked cross-entropy, Adam, 20 % of the windows for validation)")
+    dataset = PairsDataset(pairs_path)
+    train_set, val_set = dataset.split(0.2, seed=args.seed)
+    if len(train_set) == 0:
+        train_set = val_set
+    print(f"  {len(train_set)} training windows, {len(val_set)} validation windows (windows overlap, "
+          "so validation labels are partly seen in training: the validation F1 is optimistic)")
+    from ..train import Ensemble, as_pairs, save_ensemble
+
+    args.max_train_seconds = args.max_train_seconds or None
+    t = time.perf_counter()
+    train_pairs = as_pairs(train_set)  # read the zarr once for both networks
+    val_pairs = as_pairs(val_set) if len(val_set) else None
+    timings["read pairs"] = time.perf_counter() - t
+    members, paths, timings["train"] = train_members(train_pairs, val_pairs, out, args)
+    model = Ensemble(members).eval()
+    ens_path = save_ensemble(model, out / "ensemble.pt", paths)
+    print(f"  trained in {fmt_s(timings['train'])}; checkpoints {', '.join(p.name for p in paths)} and "
+          f"{ens_path.name} (state dict + JSON recipe) in {out}")
+
+    # 4 ------------------------------------------------------------------------------
+    section(f"4. inference: window {args.infer_window}, step {args.infer_step}, border {args.infer_border}, "
+            f"border weight 0 (Table 3)")
+    grid = inference_grid(shape, args.infer_window, args.infer_step, args.infer_border)
+    prediction = out / "prediction.zarr"
+    t = time.perf_counter()
+    predict(model, x.numpy(), grid, prediction, weighting=Weighting("border", border_weight=0.0),
+            batch_size=1, device=args.device, overwrite=True)
+    timings["inference"] = time.perf_counter() - t
+    print(table3(grid, timings["inference"], len(grid)))
+    print(f"  {paper_grid_note()}")
+    print(f"  stitched probabilities: {prediction}/probabilities {(1, 2, *shape)}")
+
+    # 5 ------------------------------------------------------------------------------
+    section("5. quality against the ground truth")
+    import zarr
+
+    from ..train.metrics import per_class_f1, seam_report
+
+    t = time.perf_counter()
+    store = zarr.open_group(str(prediction), mode="r")
+    predicted = np.asarray(store["labels"][0])
+    truth = tomo.labels
+    report = seam_report(truth, predicted, grid, classes=2, distance=2)
+    per_class = per_class_f1(truth, predicted, 2)
+    timings["score"] = time.perf_counter() - t
+    f1_ok = report["all"] >= F1_TARGET
+    seams_ok = (not math.isnan(report["near"])) and abs(report["gap"]) <= SEAM_TOLERANCE
+    print(table([
+        ("macro F1, all voxels", f"{report['all']:.3f}", f"target >= {F1_TARGET}: {'met' if f1_ok else 'NOT met'}"),
+        ("  F1 background / filament", f"{per_class[0]:.3f} / {per_class[1]:.3f}", ""),
+        (f"macro F1 within 2 voxels of a seam ({report['voxels_near']} voxels)", f"{report['near']:.3f}", ""),
+        (f"macro F1 elsewhere ({report['voxels_elsewhere']} voxels)", f"{report['elsewhere']:.3f}",
+         f"difference {report['gap']:+.3f} (tolerance {SEAM_TOLERANCE}): "
+         + ("no seam artefact" if seams_ok else "SEAM ARTEFACT" if not math.isnan(report['near']) else "no seams")),
+        ("predicted / true filament share", f"{(predicted == 1).mean() * 100:.2f} % / {truth.mean() * 100:.2f} %", ""),
+    ]))
+
+    # 6 ------------------------------------------------------------------------------
+    section("6. Figure 2")
+    t = time.perf_counter()
+    z = int(tomo.annotated_slices["xy"][0])
+    prob = np.asarray(store["probabilities"][0, 1, z])
+    figure_paths = [out / "figure2.png"]
+    if args.figure == "auto":
+        repo = repo_figure_path()
+        if repo is not None:
+            figure_paths.append(repo)
+    elif args.figure and args.figure.lower() != "none":
+        figure_paths.append(Path(args.figure))
+    figure2(tomo.image[z], prob, annotations[z], truth[z].astype(bool), predicted[z] == 1, grid, z, figure_paths,
+            f"synthetic tomogram {shape}, XY slice z={z}; inference window {grid.window[0]}, step "
+            f"{grid.step[0]}, border {grid.border[0]} (weight 0): {len(grid)} windows; macro F1 {report['all']:.3f}")
+    timings["figure"] = time.perf_counter() - t
+    for p in figure_paths:
+        print(f"  {p}")
+
+    total = time.perf_counter() - t_start
+    section("timings")
+    print(table([(k, fmt_s(v)) for k, v in timings.items()] + [("total", fmt_s(total))]))
+    print(f"\nsummary: macro F1 {report['all']:.3f} (filament F1 {per_class[1]:.3f}), seam gap {report['gap']:+.3f}, "
+          f"{len(grid)} inference windows, total {fmt_s(total)}; "
+          + ("OK" if ok_engine else "ENGINE MISMATCH"))
+    return 0 if ok_engine else 1
+

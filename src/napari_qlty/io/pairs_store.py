@@ -1,0 +1,152 @@
+"""Training pairs on disk: a zarr dataset, and the torch ``Dataset`` that reads it lazily.
+
+Layout of ``PAIRS.zarr`` (zarr v3)::
+
+    images      (K, C, *window) float32, one window a chunk
+    labels      (K, *window) int16, ``ignore_label`` where unobserved
+    positions   (K, 1 + ndim) int64: image index n, then the window's origin
+
+Attributes ``napari_qlty``: the format, the parameters (grid, ignore label, minimum
+labels), the Table-2 statistics and the class counts. The dataset is written under a
+temporary name and renamed when complete, so a path never holds a half-written export.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from ..core.pairs import IGNORE, PairStatistics, as_label_volume, cut_pairs, select_windows
+from ..core.grid import Grid
+from .prediction import FAST_CODEC, StoreError, canonical
+
+FORMAT = "napari-qlty/training-pairs/1"
+ATTRS_KEY = "napari_qlty"
+
+
+def export_pairs(
+    image,
+    labels,
+    grid: Grid,
+    path: str | Path,
+    *,
+    ignore_label: int = IGNORE,
+    min_labelled: int = 1,
+    batch_size: int = 16,
+    overwrite: bool = False,
+    cancelled: Callable[[], bool] | None = None,
+) -> Iterator[tuple[int, int, PairStatistics]]:
+    """Write the cleaned pairs of ``image``/``labels`` to ``path``, batch by batch.
+
+    Yields ``(written, total, stats)`` after each batch (progress for the CLI and the
+    widget). Memory: one batch of windows.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise StoreError(f"{path} exists; it is left untouched (choose another path or pass --overwrite)")
+    if not -(1 << 15) <= int(ignore_label) < (1 << 15):
+        raise ValueError(f"ignore_label must fit int16, got {ignore_label}")
+    labels = as_label_volume(labels, grid)
+    kept, stats = select_windows(labels, grid, ignore_label=ignore_label, min_labelled=min_labelled)
+    partial = path.with_name(path.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    group = zarr.open_group(str(partial), mode="w", zarr_format=3)
+    channels = image.shape[1]
+    images = group.create_array(
+        "images", shape=(len(kept), channels, *grid.window), chunks=(1, channels, *grid.window),
+        dtype="float32", compressors=FAST_CODEC,
+    )
+    label_arr = group.create_array(
+        "labels", shape=(len(kept), *grid.window), chunks=(1, *grid.window), dtype="int16",
+        compressors=FAST_CODEC, fill_value=int(ignore_label),
+    )
+    origins = grid.origins()
+    positions = np.concatenate(
+        [(kept // len(grid))[:, None], origins[kept % len(grid)]], axis=1
+    ) if len(kept) else np.zeros((0, 1 + grid.ndim), np.int64)
+    group.create_array("positions", data=positions.astype(np.int64))
+    for i in range(0, len(kept), batch_size):
+        if cancelled is not None and cancelled():
+            shutil.rmtree(partial, ignore_errors=True)
+            return
+        idx = kept[i : i + batch_size]
+        img, lab = cut_pairs(image, labels, grid, idx, ignore_label=ignore_label)
+        images[i : i + len(idx)] = img.to(torch.float32).numpy()
+        label_arr[i : i + len(idx)] = lab.to(torch.int16).numpy()
+        yield i + len(idx), len(kept), stats
+    group.attrs[ATTRS_KEY] = canonical({
+        "format": FORMAT,
+        "grid": {"shape": grid.shape, "window": grid.window, "step": grid.step, "border": grid.border},
+        "ignore_label": int(ignore_label),
+        "min_labelled": int(min_labelled),
+        "statistics": {
+            "total_windows": stats.total_windows,
+            "kept_windows": stats.kept_windows,
+            "labelled_voxels": {str(k): v for k, v in stats.labelled_voxels.items()},
+            "labelled_in_kept": stats.labelled_in_kept,
+            "duplication": stats.duplication,
+        },
+    })
+    if path.exists():
+        shutil.rmtree(path)
+    partial.rename(path)
+    yield len(kept), len(kept), stats
+
+
+class PairsDataset(torch.utils.data.Dataset):
+    """Reads an exported pairs dataset lazily: ``(image float32 (C, *w), labels int64 (*w))``.
+
+    Opens the store on first use in each process, so it works with ``num_workers > 0``.
+    """
+
+    def __init__(self, path: str | Path, indices: np.ndarray | None = None) -> None:
+        self.path = str(path)
+        meta = zarr.open_group(self.path, mode="r").attrs.get(ATTRS_KEY)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a napari-qlty training-pairs dataset")
+        self.meta = meta
+        self.ignore_label = int(meta["ignore_label"])
+        total = meta["statistics"]["kept_windows"]
+        self.indices = np.arange(total) if indices is None else np.asarray(indices)
+        self._group = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._group is None:
+            self._group = zarr.open_group(self.path, mode="r")
+        j = int(self.indices[i])
+        image = torch.from_numpy(np.asarray(self._group["images"][j]))
+        labels = torch.from_numpy(np.asarray(self._group["labels"][j]).astype(np.int64))
+        return image, labels
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_group"] = None
+        return state
+
+    @property
+    def positions(self) -> np.ndarray:
+        return np.asarray(zarr.open_group(self.path, mode="r")["positions"][...])[self.indices]
+
+    def split(self, fraction: float = 0.2, seed: int = 0) -> tuple[PairsDataset, PairsDataset]:
+        """A (train, validation) split of the pairs, reproducible from ``seed``."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        order = np.random.default_rng(seed).permutation(self.indices)
+        n_val = max(1, int(round(len(order) * fraction))) if len(order) > 1 else 0
+        return PairsDataset(self.path, order[n_val:]), PairsDataset(self.path, order[:n_val])
+
+
+def read_statistics(path: str | Path) -> dict:
+    return dict(zarr.open_group(str(path), mode="r").attrs[ATTRS_KEY]["statistics"])
+
+
+__all__ = ["PairsDataset", "export_pairs", "read_statistics"]

@@ -1,0 +1,291 @@
+"""Out-of-core prediction: exact against the in-memory path, resumable, race-free."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_qlty import Grid, Weighting, infer
+from napari_qlty.models import ModelSpec
+from napari_qlty.run.runner import Regions, iter_predict, plan_region_size, predict, region_cost
+from napari_qlty.io.prediction import StoreError, read_meta
+
+
+def conv_model(c_in=1, c_out=2, ndim=3, seed=0):
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d
+    return torch.nn.Sequential(conv(c_in, c_out, 3, padding=1)).eval()
+
+
+def write_zarr(path, array, chunks):
+    arr = zarr.open_array(str(path), mode="w", shape=array.shape, chunks=chunks, dtype=array.dtype)
+    arr[...] = array
+    return arr
+
+
+@pytest.fixture
+def volume(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, 1, 37, 45, 29)).astype(np.float32)
+    return x, write_zarr(tmp_path / "in.zarr", x, (1, 1, 16, 16, 16))
+
+
+@pytest.mark.parametrize("region", [(16, 16, 16), (32, 16, 16), (48, 48, 32)])
+@pytest.mark.parametrize("weighting", [Weighting("border", 0.0), Weighting("gaussian"), Weighting("border", 0.3)])
+def test_predict_equals_in_memory(tmp_path, volume, region, weighting):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=(12, 16, 10), step=(8, 10, 7), border=(2, 3, 1))
+    model = conv_model()
+    out = tmp_path / "out.zarr"
+    budget = plan_budget_for(grid, region)
+    events = list(iter_predict(model, src, grid, out, weighting=weighting, batch_size=3, device="cpu",
+                               memory_budget=budget, chunks=(16, 16, 16)))
+    assert events[-1].kind == "done"
+    expected = infer(model, torch.from_numpy(x), grid, weighting).numpy()
+    got = zarr.open_group(str(out), mode="r")
+    np.testing.assert_allclose(got["probabilities"][...], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["labels"][...], expected.argmax(1).astype(np.uint8))
+    assert read_meta(out)["complete"] is True
+    assert not (out / "spills").exists() or not any((out / "spills").iterdir())
+    # every window ran once
+    assert events[-1].windows_done == len(grid)
+
+
+def plan_budget_for(grid, region):
+    """A byte budget that makes the planner choose ``region``-sized regions (or smaller)."""
+    return plan_bytes(grid, region)
+
+
+def plan_bytes(grid, size, c_in=1, c_out=2, batch=3):
+    """The planner's bytes for ``size``, with the batch at its floor (tiny models)."""
+    import math
+
+    return region_cost(grid, size, c_in, c_out) + batch * math.prod(grid.window) * 4 * (c_in + c_out + 1) * 8
+
+
+def test_every_window_owned_once():
+    grid = Grid((37, 45, 29), window=(12, 16, 10), step=(9, 11, 7))
+    for size in [(8, 8, 8), (16, 16, 16), (40, 48, 32)]:
+        regions = Regions(grid, size)
+        owned = np.concatenate([regions.owned(r) for r in np.ndindex(*regions.counts)])
+        assert sorted(owned.tolist()) == list(range(len(grid)))
+        for r in np.ndindex(*regions.counts):
+            for q in regions.receivers(r):
+                assert r in regions.senders(q)
+
+
+def test_threads_equal_sequential(tmp_path, volume):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    model = conv_model()
+    kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", chunks=(8, 8, 8),
+                  memory_budget=plan_bytes(grid, (8, 8, 8), batch=4))
+    predict(model, src, grid, tmp_path / "a.zarr", **kwargs)
+    predict(model, src, grid, tmp_path / "b.zarr", workers=2, **kwargs)
+    a = zarr.open_group(str(tmp_path / "a.zarr"))["probabilities"][...]
+    b = zarr.open_group(str(tmp_path / "b.zarr"))["probabilities"][...]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_refuses_other_data_and_other_parameters(tmp_path, volume):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    model = conv_model()
+    other = tmp_path / "other.zarr"
+    write_zarr(other, np.ones((4, 4), np.float32), (4, 4))
+    with pytest.raises(StoreError, match="not a napari-qlty prediction"):
+        predict(model, src, grid, other, device="cpu")
+    assert np.all(zarr.open_array(str(other))[...] == 1)
+
+    out = tmp_path / "out.zarr"
+    predict(model, src, grid, out, device="cpu")
+    with pytest.raises(StoreError, match="other parameters.*step"):
+        predict(model, src, Grid(x.shape[2:], window=12, step=7, border=2), out, device="cpu")
+    events = list(iter_predict(model, src, grid, out, device="cpu"))
+    assert events[-1].message.endswith("already complete")
+    predict(model, src, Grid(x.shape[2:], window=12, step=7, border=2), out, device="cpu", overwrite=True)
+
+
+def test_bad_model_output_names_both_shapes(tmp_path, volume):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=9)
+    bad = torch.nn.Conv3d(1, 2, 3)  # no padding: output is smaller than the window
+    with pytest.raises(ValueError, match=r"12, 12, 12.*10, 10, 10|10, 10, 10.*12, 12, 12"):
+        predict(bad, src, grid, tmp_path / "o.zarr", device="cpu")
+
+
+def test_nan_model_output_is_an_error(tmp_path, volume):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=9)
+
+    class NaNModel(torch.nn.Module):
+        def forward(self, b):
+            return b * float("nan")
+
+    with pytest.raises(ValueError, match="NaN"):
+        predict(NaNModel(), src, grid, tmp_path / "o.zarr", device="cpu")
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, torch
+    from napari_qlty import Grid, Weighting
+    from napari_qlty.models import ModelSpec
+    from napari_qlty.run.runner import iter_predict
+    src, model, out, slow = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    grid = Grid((37, 45, 29), window=12, step=8, border=2)
+    for event in iter_predict(ModelSpec(model), src, grid, out, weighting=Weighting("border", 0.0),
+                              device="cpu", chunks=(8, 8, 8), memory_budget=1_100_000):
+        print(event.kind, event.regions_done, event.regions_total, flush=True)
+        time.sleep(slow)
+    """
+)
+
+
+def test_resume_after_kill_9_is_identical(tmp_path, volume):
+    x, src = volume
+    model = conv_model()
+    model_path = tmp_path / "model.pt"
+    torch.jit.script(model).save(str(model_path))
+    script = tmp_path / "run.py"
+    script.write_text(KILL_SCRIPT)
+    ref = tmp_path / "ref.zarr"
+    out = tmp_path / "out.zarr"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, str(script), str(tmp_path / "in.zarr"), str(model_path), str(ref), "0"],
+                   check=True, env=env, capture_output=True)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "in.zarr"), str(model_path), str(out),
+                             "0.05"], env=env, stdout=subprocess.PIPE, text=True)
+    seen = 0
+    for line in proc.stdout:
+        if line.startswith("region"):
+            seen += 1
+            if seen == 7:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    proc.wait()
+    meta = read_meta(out)
+    assert meta is not None and meta["complete"] is False
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "in.zarr"), str(model_path), str(out), "0"],
+                          check=True, env=env, capture_output=True, text=True)
+    first = done.stdout.splitlines()[0].split()
+    assert first[0] == "start" and int(first[1]) >= 6  # finished regions were skipped
+    a = zarr.open_group(str(ref))["probabilities"][...]
+    b = zarr.open_group(str(out))["probabilities"][...]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_distributed_cluster_equals_local(tmp_path, volume):
+    distributed = pytest.importorskip("distributed")
+    x, src = volume
+    model_path = tmp_path / "model.pt"
+    torch.jit.script(conv_model()).save(str(model_path))
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    kwargs = dict(weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8), memory_budget=2_000_000)
+    # dask's worker processes run torch on one thread; a conv on two threads may round
+    # differently, so the local reference uses one thread too: the stitching itself is exact
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        predict(ModelSpec(str(model_path)), str(tmp_path / "in.zarr"), grid, tmp_path / "local.zarr", **kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        predict(ModelSpec(str(model_path)), str(tmp_path / "in.zarr"), grid, tmp_path / "cluster.zarr",
+                scheduler=client, **kwargs)
+    a = zarr.open_group(str(tmp_path / "local.zarr"))["probabilities"][...]
+    b = zarr.open_group(str(tmp_path / "cluster.zarr"))["probabilities"][...]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_plan_region_size_respects_budget():
+    grid = Grid((236, 720, 510), window=128, step=108, border=10)
+    size = plan_region_size(grid, (64, 64, 64), 1, 2, 100 << 20, 512 << 20)
+    assert all(s % 64 == 0 for s in size)
+    assert region_cost(grid, size, 1, 2) + (100 << 20) <= 512 << 20
+    with pytest.raises(ValueError, match="memory budget 64 MiB is too small.*batch"):
+        plan_region_size(grid, (64, 64, 64), 1, 2, 100 << 20, 64 << 20)
+
+
+def test_out_of_memory_halves_the_batch(tmp_path, volume):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    conv = conv_model()
+
+    class Picky(torch.nn.Module):
+        """Runs out of memory on more than one window at a time."""
+
+        def forward(self, b):
+            if b.shape[0] > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return conv(b)
+
+    kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", batch_size=4)
+    predict(Picky(), src, grid, tmp_path / "picky.zarr", **kwargs)
+    predict(conv, src, grid, tmp_path / "plain.zarr", **kwargs)
+    a = zarr.open_group(str(tmp_path / "picky.zarr"))["probabilities"][...]
+    b = zarr.open_group(str(tmp_path / "plain.zarr"))["probabilities"][...]
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_region_cap_and_cancel_then_resume(tmp_path, volume):
+    from napari_qlty.run.runner import Cancelled
+
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    model = conv_model()
+    out = tmp_path / "out.zarr"
+    kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", chunks=(8, 8, 8), region=(16, 16, 16))
+    regions_seen = []
+    with pytest.raises(Cancelled):
+        for event in iter_predict(model, src, grid, out, cancelled=lambda: len(regions_seen) >= 3, **kwargs):
+            if event.kind == "region":
+                regions_seen.append(event.region)
+                assert all(b - a <= 16 for a, b in zip(event.start, event.stop))
+    meta = read_meta(out)
+    assert meta["layout"]["region"] == [16, 16, 16] and meta["complete"] is False
+    events = list(iter_predict(model, src, grid, out, **kwargs))
+    assert events[0].regions_done == 3
+    expected = infer(model, torch.from_numpy(x), grid, Weighting("border", 0.0)).numpy()
+    np.testing.assert_allclose(zarr.open_group(str(out))["probabilities"][...], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_retrained_module_is_not_resumed_into(tmp_path, volume):
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    out = tmp_path / "out.zarr"
+    predict(conv_model(seed=0), src, grid, out, device="cpu")
+    predict(conv_model(seed=0), src, grid, out, device="cpu")  # same weights: complete, fine
+    with pytest.raises(StoreError, match="model"):
+        predict(conv_model(seed=1), src, grid, out, device="cpu")
+
+
+def test_callers_module_stays_where_it_is(tmp_path, volume):
+    from napari_qlty.run.runner import on_device
+
+    model = conv_model()
+    assert on_device(model, torch.device("cpu")) is model
+    meta_device = torch.device("meta")
+    moved = on_device(model, meta_device)
+    assert moved is not model and next(model.parameters()).device.type == "cpu"
+    assert next(moved.parameters()).device.type == "meta"
+
+
+def test_batchnorm_module_fingerprint():
+    from napari_qlty.run.runner import model_fingerprint
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    net = net.to(memory_format=torch.channels_last_3d)
+    assert model_fingerprint(net) == model_fingerprint(net)
+    other = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    assert model_fingerprint(net) != model_fingerprint(other)
