@@ -119,7 +119,7 @@ print(done / (time.perf_counter() - t0), q.N_chunks)
 OURS_SAME = """
 import sys, time, numpy as np, torch
 from napari_qlty import Grid, Weighting
-from napari_qlty.run.runner import predict
+from napari_qlty import predict
 z, y, x, w, s = map(int, sys.argv[2:7])
 torch.manual_seed(0)
 net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1)).eval()
@@ -136,7 +136,7 @@ import sys, numpy as np, zarr
 from distributed import Client, LocalCluster
 from napari_qlty import Grid, Weighting
 from napari_qlty.models import ModelSpec
-from napari_qlty.run.runner import predict
+from napari_qlty import predict
 src, model, out = sys.argv[1:4]
 shape = zarr.open_array(src, mode="r").shape[2:]
 grid = Grid(shape, 128, 108, 10)

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from .core.grid import Grid
-from .io.prediction import StoreError
 from .core.weights import MODES, Weighting
+from .io.formats import StoreError
 
 
 def int_or_tuple(text: str) -> int | tuple[int, ...]:
@@ -131,9 +131,9 @@ def _per_axis(value, ndim: int) -> tuple[int, ...]:
 
 
 def cmd_predict(args) -> int:
+    from .io.sources import open_source
     from .models import ModelSpec
     from .run.runner import iter_predict
-    from .io.sources import open_source
 
     src = open_source(args.input, axes=args.axes)
     grid = make_grid(args, src.shape[2:])

@@ -103,7 +103,7 @@ def test_reader_prediction_and_pairs_stores(tmp_path, tomogram):
 
     from napari_qlty import Grid
     from napari_qlty.io.pairs_store import export_pairs
-    from napari_qlty.run.runner import predict
+    from napari_qlty import predict
 
     image = tomogram.image
     grid = Grid(image.shape, 16, 12, 2)

@@ -12,7 +12,7 @@ import pytest
 import torch
 import zarr
 
-from napari_qlty import compat
+from napari_qlty.compat import large as compat_large
 from napari_qlty.compat import (
     LargeNCYXQuilt,
     LargeNCZYXQuilt,
@@ -74,7 +74,7 @@ def run_large(quilt, x, f=lambda p: p, var=None):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """zarr chunks (and cache blocks) of the Large quilts at the window size."""
-    monkeypatch.setattr(compat, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(compat_large, "BLOCK_BYTES", 1)
 
 
 # -- constructors, attributes, get_times ------------------------------------------------

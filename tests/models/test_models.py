@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from napari_qlty import models as M
+from napari_qlty.models.devices import mps_available
 from napari_qlty.models import (
     PICKLED_MODEL_MESSAGE,
     ModelLoadError,
@@ -439,7 +440,7 @@ def test_cuda_unavailable_is_a_clear_error():
 
 
 def test_resolve_device():
-    expected = "cuda" if torch.cuda.is_available() else "mps" if M._mps_available() else "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("CPU") == torch.device("cpu")
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
@@ -448,7 +449,7 @@ def test_resolve_device():
             resolve_device(bad)
     with pytest.raises(ValueError, match="not supported"):
         resolve_device("meta")
-    if not M._mps_available():
+    if not mps_available():
         with pytest.raises(ValueError, match="MPS is not available"):
             resolve_device("mps")
 

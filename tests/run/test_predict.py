@@ -16,7 +16,8 @@ import zarr
 
 from napari_qlty import Grid, Weighting, infer
 from napari_qlty.models import ModelSpec
-from napari_qlty.run.runner import Regions, iter_predict, plan_region_size, predict, region_cost
+from napari_qlty import iter_predict, predict
+from napari_qlty.run.regions import Regions, plan_region_size, region_cost
 from napari_qlty.io.prediction import StoreError, read_meta
 
 
@@ -140,7 +141,7 @@ KILL_SCRIPT = textwrap.dedent(
     import sys, time, torch
     from napari_qlty import Grid, Weighting
     from napari_qlty.models import ModelSpec
-    from napari_qlty.run.runner import iter_predict
+    from napari_qlty import iter_predict
     src, model, out, slow = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     grid = Grid((37, 45, 29), window=12, step=8, border=2)
     for event in iter_predict(ModelSpec(model), src, grid, out, weighting=Weighting("border", 0.0),
@@ -239,7 +240,7 @@ def test_out_of_memory_halves_the_batch(tmp_path, volume):
 
 
 def test_region_cap_and_cancel_then_resume(tmp_path, volume):
-    from napari_qlty.run.runner import Cancelled
+    from napari_qlty.run import Cancelled
 
     x, src = volume
     grid = Grid(x.shape[2:], window=12, step=8, border=2)

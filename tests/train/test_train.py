@@ -344,7 +344,7 @@ def test_batchnorm_folds_into_the_convolutions(make):
 
 
 def test_batchnorm_checkpoint_reloads_and_predicts(tmp_path):
-    from napari_qlty.run.runner import predict
+    from napari_qlty import predict
 
     pairs, _, _ = synthetic_pairs()
     config = TrainConfig(arch="unet", net={"channels": 2, "levels": 1, "norm": "batch"}, patch=8, batch_size=4,

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import labels_store
-
-MRC_SUFFIXES = (".mrc", ".rec", ".map", ".mrcs", ".st", ".ali")
-PREDICTION_FORMAT = "napari-qlty/prediction/1"
-PAIRS_FORMAT = "napari-qlty/training-pairs/1"
+from ..io import formats, labels_store
+from ..io.sources import MRC_SUFFIXES
+from ..io.sources.zarr_store import looks_like_zarr_dir
 
 
 def get_reader(path) -> Callable | None:
@@ -37,16 +35,10 @@ def get_reader(path) -> Callable | None:
     name = path.rstrip("/\\").lower()
     if name.endswith(MRC_SUFFIXES) and os.path.isfile(path):
         return read_mrc
-    if name.endswith(".zarr") or _is_zarr_dir(path):
+    if name.endswith(".zarr") or looks_like_zarr_dir(path):
         if os.path.isdir(path):
             return read_zarr
     return None
-
-
-def _is_zarr_dir(path: str) -> bool:
-    return os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, f)) for f in ("zarr.json", ".zarray", ".zgroup")
-    )
 
 
 # -- zarr ------------------------------------------------------------------------------------
@@ -63,10 +55,10 @@ def read_zarr(path) -> list[tuple]:
             return [_qlty_labels(path, name)]
         return [_plain_array(node, path, name)]
     attrs = dict(node.attrs)
-    meta = attrs.get("napari_qlty")
-    if isinstance(meta, dict) and meta.get("format") == PREDICTION_FORMAT:
+    fmt = formats.identify(path)
+    if fmt == formats.PREDICTION:
         return _prediction(node, path, name)
-    if isinstance(meta, dict) and meta.get("format") == PAIRS_FORMAT:
+    if fmt == formats.PAIRS:
         return _pairs(node, path, name)
     if _multiscales(attrs):
         layers = [_ome_multiscale(node, path, name, attrs)]

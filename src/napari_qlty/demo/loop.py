@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,14 +31,16 @@ import numpy as np
 import torch
 
 from .. import Grid, Weighting, infer
-from ..io.pairs_store import PairsDataset, export_pairs
-from ..run.runner import predict
 from ..data.tomogram import PAPER_SHAPE, make_tomogram
+from ..io.pairs_store import PairsDataset, export_pairs
+from ..run import predict
+from .figure import figure2
 
 DEMO_SHAPE: tuple[int, int, int] = (128, 236, 236)
 """The default volume: the paper's inference window (128) fits along Z with no padding,
 and Y and X (236, the paper's Z) take two windows each at step 108, exactly as in the
 paper (overlap 20 = 2 x border), so the seams are the paper's seams."""
+
 
 #: the paper's figures, printed beside ours
 PAPER = {
@@ -52,17 +53,21 @@ PAPER = {
     "macro_f1": 0.88,
 }
 
+
 TRAIN_WINDOW, TRAIN_STEP = 64, 32
+
+
 INFER_WINDOW, INFER_STEP, INFER_BORDER = 128, 108, 10
+
+
 F1_TARGET, SEAM_TOLERANCE = 0.85, 0.02
+
 
 #: the two members of the ensemble (2.5D: 2D networks on slices with 2 neighbours a side)
 NETWORKS = {
     "unet": {"arch": "unet", "net": {"channels": 8, "levels": 2, "norm": "batch"}},
     "msdnet": {"arch": "msdnet", "net": {"layers": 20, "width": 1, "max_dilation": 8}},
 }
-
-PURPLE = (170, 60, 220)
 
 
 # -- printing ---------------------------------------------------------------------------
@@ -136,7 +141,6 @@ def train_members(train_set, val_set, out: Path, args) -> tuple[list, list[Path]
         spec = NETWORKS[name]
         remaining = None
         if args.max_train_seconds:
-            # share what is left of the budget among the networks still to train
             remaining = max(1.0, (args.max_train_seconds - (time.perf_counter() - t0)) / (len(names) - i))
         config = TrainConfig(
             arch=spec["arch"], net=dict(spec["net"]), planar=True, context=2, axes=tuple(args.axes),
@@ -184,93 +188,6 @@ def paper_grid_note() -> str:
             f"{' x '.join(map(str, g108.counts))} = {len(g108)} windows, not the {PAPER['table3_windows']} "
             f"of the paper's Table 3; {PAPER['table3_windows']} = {' x '.join(map(str, g64.counts))} is "
             f"what step 64 gives")
-
-
-# -- 6. the figure ------------------------------------------------------------------------
-_HEAT = np.array([  # black-red-yellow-white ramp for the probability overlay
-    [0.0, 0, 0, 0], [0.35, 180, 20, 20], [0.7, 255, 160, 0], [1.0, 255, 255, 180]], dtype=np.float64)
-
-
-def heat(p: np.ndarray) -> np.ndarray:
-    rgb = np.stack([np.interp(p, _HEAT[:, 0], _HEAT[:, c]) for c in (1, 2, 3)], axis=-1)
-    return rgb
-
-
-def gray(image: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(image, [1, 99.5])
-    g = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1) * 255
-    return np.repeat(g[..., None], 3, axis=-1)
-
-
-def blend(base: np.ndarray, colour, alpha: np.ndarray) -> np.ndarray:
-    a = alpha[..., None]
-    return base * (1 - a) + np.asarray(colour, dtype=np.float64) * a
-
-
-def figure2(image2d, prob2d, ann2d, truth2d, pred2d, grid: Grid, z: int, path_list, title: str) -> None:
-    """Three panels of one XY slice: the data and the sparse labels; the filament
-    probability with the windows and seams (purple); errors against the ground truth."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    h, w = image2d.shape
-    scale = max(1, round(480 / max(h, w)))
-    base = gray(image2d)
-    a = base.copy()
-    a = blend(a, (40, 220, 90), (ann2d == 1) * 0.9)
-    a = blend(a, (60, 120, 255), (ann2d == 0) * 0.7)
-    b = blend(base, heat(prob2d), np.clip(prob2d * 1.2, 0, 0.85))
-    c = base * 0.55
-    c = blend(c, (255, 215, 0), (pred2d & truth2d) * 0.9)      # found
-    c = blend(c, (235, 40, 40), (pred2d & ~truth2d) * 0.9)     # false positive
-    c = blend(c, (40, 200, 255), (~pred2d & truth2d) * 0.9)    # missed
-    panels = [a, b, c]
-    titles = ["image + sparse labels (green filament, blue background)",
-              "filament probability, windows (white), seams (purple)",
-              "vs ground truth: found (yellow), false (red), missed (cyan)"]
-    font = ImageFont.load_default(size=14) if _font_sizes() else ImageFont.load_default()
-    pad, top, bottom = 12, 30, 34
-    pw, ph = w * scale, h * scale
-    canvas = Image.new("RGB", (len(panels) * (pw + pad) + pad, ph + top + bottom), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for k, (panel, t) in enumerate(zip(panels, titles)):
-        img = Image.fromarray(np.clip(panel, 0, 255).astype(np.uint8)).resize((pw, ph), Image.NEAREST)
-        x0 = pad + k * (pw + pad)
-        canvas.paste(img, (x0, top))
-        draw.text((x0, 8), t, fill=(0, 0, 0), font=font)
-        if k == 1:
-            _windows_and_seams(draw, grid, x0, top, scale, h, w)
-    draw.text((pad, top + ph + 8), title, fill=(0, 0, 0), font=font)
-    for path in path_list:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        canvas.save(path)
-
-
-def _font_sizes() -> bool:
-    from PIL import ImageFont
-
-    try:
-        ImageFont.load_default(size=14)
-        return True
-    except TypeError:  # Pillow < 10.1
-        return False
-
-
-def _windows_and_seams(draw, grid: Grid, x0: int, y0: int, scale: int, h: int, w: int) -> None:
-    ys, xs = grid.axis_origins[1], grid.axis_origins[2]
-    wy, wx = grid.window[1], grid.window[2]
-    for k, oy in enumerate(ys):
-        for j, ox in enumerate(xs):
-            inset = 2 * ((k + j) % 2)  # neighbouring outlines side by side, not on top of each other
-            r = (x0 + int(ox) * scale + inset, y0 + int(oy) * scale + inset,
-                 x0 + min(int(ox) + wx, w) * scale - 1 - inset, y0 + min(int(oy) + wy, h) * scale - 1 - inset)
-            draw.rectangle(r, outline=(255, 255, 255), width=1)
-    seams = grid.seams()
-    for s in seams[1]:
-        yy = y0 + round(float(s) * scale)
-        draw.line([(x0, yy), (x0 + w * scale - 1, yy)], fill=PURPLE, width=2)
-    for s in seams[2]:
-        xx = x0 + round(float(s) * scale)
-        draw.line([(xx, y0), (xx, y0 + h * scale - 1)], fill=PURPLE, width=2)
 
 
 def repo_figure_path() -> Path | None:
@@ -445,4 +362,3 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(grid)} inference windows, total {fmt_s(total)}; "
           + ("OK" if ok_engine else "ENGINE MISMATCH"))
     return 0 if ok_engine else 1
-

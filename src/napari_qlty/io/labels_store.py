@@ -17,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-FORMAT = "napari-qlty/labels/1"
-ATTRS_KEY = "napari_qlty"
+from . import formats
+from .formats import ATTRS_KEY
+
+FORMAT = formats.LABELS
 DEFAULT_CHUNK = 64
 
 
@@ -40,16 +42,8 @@ def is_labels_store(path: str | Path) -> bool:
 
 
 def read_meta(path: str | Path) -> dict | None:
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception:
-        return None
-    if not isinstance(node, zarr.Array):
-        return None
-    meta = node.attrs.get(ATTRS_KEY)
-    if isinstance(meta, dict) and meta.get("format") == FORMAT:
-        return dict(meta)
-    return None
+    """The attributes of our labels store at ``path``, or None if it holds none."""
+    return formats.read_meta(path, FORMAT)
 
 
 def create(

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import zarr
 
-from ..core.pairs import IGNORE, PairStatistics, as_label_volume, cut_pairs, select_windows
 from ..core.grid import Grid
-from .prediction import FAST_CODEC, StoreError, canonical
+from ..core.pairs import IGNORE, PairStatistics, as_label_volume, cut_pairs, select_windows
+from . import formats
+from .formats import ATTRS_KEY, FAST_CODEC, StoreError, canonical
 
-FORMAT = "napari-qlty/training-pairs/1"
-ATTRS_KEY = "napari_qlty"
+FORMAT = formats.PAIRS
 
 
 def export_pairs(

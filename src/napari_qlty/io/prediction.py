@@ -16,7 +16,6 @@ whole number of chunks and is written by one task only, so writers never share a
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,42 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-from zarr.codecs import BloscCodec
 
-FORMAT = "napari-qlty/prediction/1"
-ATTRS_KEY = "napari_qlty"
-FAST_CODEC = BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")
+from . import formats
+from .formats import ATTRS_KEY, FAST_CODEC, StoreError, canonical, differences
 
-
-class StoreError(ValueError):
-    """The output path cannot be used as asked (other data, other parameters)."""
-
-
-def canonical(params: dict) -> dict:
-    """Parameters as they round-trip through JSON (tuples become lists)."""
-    return json.loads(json.dumps(params, sort_keys=True, default=jsonable))
-
-
-def jsonable(value):
-    """numpy scalars and arrays, and tuples, as JSON understands them."""
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (tuple, np.ndarray)):
-        return list(value)
-    raise TypeError(f"not JSON-serialisable: {value!r}")
-
-
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += differences(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: stored {va!r}, now {vb!r}")
-    return out
+FORMAT = formats.PREDICTION
 
 
 class OutputStore:
@@ -193,15 +161,8 @@ class OutputStore:
 
 
 def read_meta(path: str | Path) -> dict | None:
-    """The napari-qlty attributes of ``path``, or None if it is not one of our stores."""
-    try:
-        group = zarr.open_group(str(path), mode="r")
-    except Exception:
-        return None
-    meta = group.attrs.get(ATTRS_KEY)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        return None
-    return dict(meta)
+    """The attributes of our prediction at ``path``, or None if it holds none."""
+    return formats.read_meta(path, FORMAT)
 
 
 def remove(path: Path) -> None:

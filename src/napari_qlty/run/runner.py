@@ -19,33 +19,22 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import math
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..core.grid import Grid
-from ..core.inference import check_output
-from ..models import ModelSpec, check_model_output, load_model, resolve_device, run_with_oom_backoff
-from ..io.sources import Source, open_source
-from ..core.blend import Accumulator, normalise_
+from ..core.weights import Weighting, WindowWeights
 from ..io.prediction import OutputStore
-from ..core.tiles import read_region
-from ..core.weights import Weighting, WindowWeights, window_weights
-
-POSTPROCESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "softmax": lambda y: torch.softmax(y, dim=1),
-    "sigmoid": torch.sigmoid,
-}
-
-#: default chunk edge per number of spatial axes (about a million voxels a chunk)
-DEFAULT_CHUNK = {1: 1 << 20, 2: 1024, 3: 128, 4: 32}
+from ..io.sources import Source, open_source
+from ..models import ModelSpec, check_model_output, load_model, resolve_device
+from .regions import Regions, batch_bytes, default_chunks, plan_region_size
+from .schedulers import execute
+from .task import POSTPROCESS, Job
 
 
 @dataclass(frozen=True)
@@ -62,226 +51,6 @@ class Event:
     start: tuple[int, ...] | None = None
     stop: tuple[int, ...] | None = None
     message: str = ""
-
-
-# -- regions ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Regions:
-    """The output cut into chunk-aligned regions, and who hands partial sums to whom."""
-
-    grid: Grid
-    size: tuple[int, ...]
-
-    @property
-    def counts(self) -> tuple[int, ...]:
-        return tuple(math.ceil(p / s) for p, s in zip(self.grid.padded_shape, self.size))
-
-    def bounds(self, r: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        start = tuple(int(i) * s for i, s in zip(r, self.size))
-        stop = tuple(min(a + s, p) for a, s, p in zip(start, self.size, self.grid.padded_shape))
-        return start, stop
-
-    def owned(self, r: Sequence[int]) -> np.ndarray:
-        """Per-image positions of the windows whose origin lies in region ``r``."""
-        start, stop = self.bounds(r)
-        hits = [np.nonzero((o >= a) & (o < b))[0] for o, a, b in zip(self.grid.axis_origins, start, stop)]
-        if any(h.size == 0 for h in hits):
-            return np.zeros(0, dtype=np.int64)
-        mesh = np.meshgrid(*hits, indexing="ij")
-        return np.ravel_multi_index([m.reshape(-1) for m in mesh], self.grid.counts)
-
-    def box(self, r: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """The span of region ``r``'s own windows (the region, grown at its far faces)."""
-        start, stop = self.bounds(r)
-        grown = []
-        for o, w, a, b in zip(self.grid.axis_origins, self.grid.window, start, stop):
-            inside = o[(o >= a) & (o < b)]
-            grown.append(max(b, int(inside.max()) + w) if inside.size else b)
-        return start, tuple(grown)
-
-    def receivers(self, r: Sequence[int]) -> list[tuple[int, ...]]:
-        """Regions other than ``r`` that ``r``'s windows reach."""
-        _, box_stop = self.box(r)
-        ranges = [range(i, min(c, math.ceil(b / s))) for i, b, s, c in zip(r, box_stop, self.size, self.counts)]
-        return [q for q in itertools.product(*ranges) if q != tuple(r)]
-
-    def senders(self, r: Sequence[int]) -> list[tuple[int, ...]]:
-        """Lower regions whose windows reach region ``r`` (it waits for them)."""
-        reach = [math.ceil(w / s) + 1 for w, s in zip(self.grid.window, self.size)]
-        ranges = [range(max(0, i - k), i + 1) for i, k in zip(r, reach)]
-        r = tuple(r)
-        return [q for q in itertools.product(*ranges) if q != r and r in self.receivers(q)]
-
-    def overlap(self, sender: Sequence[int], receiver: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        s_start, s_stop = self.box(sender)
-        r_start, r_stop = self.bounds(receiver)
-        return (
-            tuple(max(a, b) for a, b in zip(s_start, r_start)),
-            tuple(min(a, b) for a, b in zip(s_stop, r_stop)),
-        )
-
-
-def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
-    edge = DEFAULT_CHUNK[len(shape)]
-    return tuple(min(edge, s) for s in shape)
-
-
-def region_cost(grid: Grid, size: Sequence[int], channels_in: int, channels_out: int) -> int:
-    """Bytes a region task holds besides its batches: the input box (read, then copied
-    into a tensor), the weighted sums over the box, and the final values and labels."""
-    box = math.prod(min(s + w, p) for s, w, p in zip(size, grid.window, grid.padded_shape))
-    core = math.prod(min(s, p) for s, p in zip(size, grid.padded_shape))
-    return box * 4 * (2 * channels_in + channels_out) + core * (8 * channels_out + 9)
-
-
-def plan_region_size(
-    grid: Grid,
-    chunks: Sequence[int],
-    channels_in: int,
-    channels_out: int,
-    batch_bytes: int,
-    budget_bytes: int,
-    cap: Sequence[int] | None = None,
-) -> tuple[int, ...]:
-    """The largest chunk-aligned region whose working set fits ``budget_bytes``.
-
-    ``batch_bytes`` is what one batch costs inside the model (measured); ``cap`` bounds
-    the region shape (rounded down to whole chunks). Raises a clear error when even a
-    one-chunk region does not fit.
-    """
-    size = [math.ceil(p / c) * c for p, c in zip(grid.padded_shape, chunks)]
-    if cap is not None:
-        if len(cap) != grid.ndim or min(cap) < 1:
-            raise ValueError(f"region must be {grid.ndim} positive ints, got {tuple(cap)}")
-        size = [min(s, max(c, m // c * c)) for s, c, m in zip(size, chunks, cap)]
-    while region_cost(grid, size, channels_in, channels_out) + batch_bytes > budget_bytes:
-        shrinkable = [a for a in range(grid.ndim) if size[a] > chunks[a]]
-        if not shrinkable:
-            need = region_cost(grid, size, channels_in, channels_out) + batch_bytes
-            raise ValueError(
-                f"memory budget {budget_bytes / 2**20:.0f} MiB is too small for windows "
-                f"{'x'.join(map(str, grid.window))} (one region and one batch need about "
-                f"{need / 2**20:.0f} MiB, of which {batch_bytes / 2**20:.0f} MiB for the batch); "
-                f"raise the budget, or lower the batch size or the chunk size"
-            )
-        axis = max(shrinkable, key=lambda a: (size[a] / chunks[a], -a))
-        size[axis] = max(chunks[axis], (size[axis] // 2) // chunks[axis] * chunks[axis])
-    return tuple(size)
-
-
-def batch_bytes(model, channels_in: int, channels_out: int, window: Sequence[int], batch_size: int,
-                device: torch.device) -> int:
-    """Memory one batch takes inside the model.
-
-    CUDA: the peak allocated while one window runs, measured. CPU: an estimate (the
-    window in and out with room for activations, 32 bytes a channel-voxel), not a
-    measurement, so the same command always plans the same regions (and gives the same
-    bytes).
-    """
-    voxels = math.prod(window)
-    estimate = voxels * 4 * (channels_in + channels_out + 1) * 8
-    if device.type != "cuda":
-        return batch_size * estimate
-    x = torch.zeros((1, channels_in, *window), device=device)
-    with torch.no_grad():
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        model(x)
-        measured = torch.cuda.max_memory_allocated(device) - before
-    return batch_size * max(measured, estimate)
-
-
-# -- one task ------------------------------------------------------------------------------
-@dataclass
-class Job:
-    """Everything a task needs; picklable when the source and model are given by location."""
-
-    source: Source
-    model: ModelSpec | torch.nn.Module | Callable
-    grid: Grid
-    weighting: Weighting
-    store_path: str
-    region_size: tuple[int, ...]
-    channels_out: int
-    batch_size: int = 4
-    device: str = "cpu"
-    postprocess: str | None = None
-    token: str = field(default_factory=lambda: f"{time.time_ns()}")
-
-
-_weights_lock = threading.Lock()
-_map_weights: dict[str, WindowWeights] = {}
-
-
-def _weights(job: Job) -> WindowWeights:
-    """The run's weights, built once per process (a user map once per run)."""
-    with _weights_lock:
-        if job.weighting.mode != "map":
-            return window_weights(job.grid, job.weighting)
-        if job.token not in _map_weights:
-            _map_weights.clear()
-            _map_weights[job.token] = WindowWeights(job.grid, job.weighting)
-        return _map_weights[job.token]
-
-
-def spill_key(n: int, sender: Sequence[int], receiver: Sequence[int]) -> str:
-    return f"n{n}_" + "_".join(map(str, sender)) + "_to_" + "_".join(map(str, receiver))
-
-
-def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | None = None) -> int:
-    """Compute, hand over and finish one region of one image; returns windows run."""
-    n, r = task[0], task[1:]
-    grid = job.grid
-    regions = Regions(grid, job.region_size)
-    store = OutputStore(job.store_path)
-    weights = _weights(job)
-    device = torch.device(job.device)
-    start, stop = regions.bounds(r)
-    box_start, box_stop = regions.box(r)
-    positions = regions.owned(r)
-    acc = Accumulator(weights, 1, job.channels_out, start=box_start, stop=box_stop, device=device)
-    if positions.size:
-        model = load_model(job.model, device) if isinstance(job.model, (ModelSpec, str)) else job.model
-        post = POSTPROCESS[job.postprocess] if job.postprocess else None
-        x = read_region(job.source, n, box_start, box_stop, grid)
-        origins = grid.origins()
-        with torch.no_grad():
-            for i in range(0, len(positions), job.batch_size):
-                if cancelled is not None and cancelled():
-                    raise Cancelled()
-                chunk = positions[i : i + job.batch_size]
-                batch = torch.stack([
-                    x[(slice(None), *(slice(o - a, o - a + w) for o, a, w in zip(origins[k], box_start, grid.window)))]
-                    for k in chunk
-                ]).to(device)
-                out = run_with_oom_backoff(model, batch)  # halves the batch on out-of-memory
-                check_output(out, batch, grid)
-                if post is not None:
-                    out = post(out)
-                acc.add(out, chunk)
-        del x
-    sums = acc.sum
-    for receiver in regions.receivers(r):
-        a, b = regions.overlap(r, receiver)
-        part = sums[(0, slice(None), *(slice(lo - s, hi - s) for lo, hi, s in zip(a, b, box_start)))]
-        store.write_spill(spill_key(n, r, receiver), part)
-    core = sums[(0, slice(None), *(slice(0, b - a) for a, b in zip(start, stop)))]
-    senders = regions.senders(r)
-    for sender in senders:
-        a, b = regions.overlap(sender, r)
-        target = core[(slice(None), *(slice(lo - s, hi - s) for lo, hi, s in zip(a, b, start)))]
-        target += store.read_spill(spill_key(n, sender, r)).to(device=device, dtype=core.dtype)
-    final = normalise_(core.unsqueeze(0), weights, start)[0]
-    keep = tuple(slice(0, max(0, min(b, s) - a)) for a, b, s in zip(start, stop, grid.shape))
-    store.write_region(n, start, final[(slice(None), *keep)])
-    store.mark_finished(task)
-    for sender in senders:
-        store.delete_spill(spill_key(n, sender, r))
-    return int(positions.size)
-
-
-class Cancelled(Exception):
-    """The run was asked to stop; finished regions stay finished."""
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -421,7 +190,7 @@ def iter_predict(
                 message=f"{len(todo)} of {len(tasks)} regions to run ({len(finished)} finished before)")
     deps = {t: {(t[0], *s) for s in regions.senders(t[1:])} - finished for t in todo}
     regions_done = len(finished)
-    for task in _execute(job, todo, deps, workers, scheduler, cancelled):
+    for task in execute(job, todo, deps, workers, scheduler, cancelled):
         regions_done += 1
         done_windows += per_task[task]
         start, stop = regions.bounds(task[1:])
@@ -472,83 +241,4 @@ def predict(*args, on_event: Callable[[Event], None] | None = None, **kwargs) ->
     return last
 
 
-class ReadyQueue:
-    """Tasks handed out as soon as all the regions they wait for are finished."""
-
-    def __init__(self, deps: dict) -> None:
-        self.waiting = {t: set(d) for t, d in deps.items()}
-
-    def pop_ready(self) -> list:
-        ready = [t for t, d in self.waiting.items() if not d]
-        for t in ready:
-            del self.waiting[t]
-        return ready
-
-    def finished(self, task) -> None:
-        for d in self.waiting.values():
-            d.discard(task)
-
-
-def _execute(job: Job, todo: list, deps: dict, workers: int, scheduler, cancelled=None) -> Iterator[tuple]:
-    """Run tasks as their senders finish; yield each task as it finishes."""
-    if scheduler is not None:
-        yield from _execute_distributed(job, todo, deps, scheduler)
-        return
-    if workers == 1:
-        for task in todo:  # C order: senders always come first
-            run_region(job, task, cancelled)
-            yield task
-        return
-    stop = threading.Event()
-
-    def should_stop() -> bool:
-        return stop.is_set() or (cancelled is not None and bool(cancelled()))
-
-    queue = ReadyQueue(deps)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        running = {}
-        try:
-            while True:
-                for t in queue.pop_ready():
-                    running[pool.submit(run_region, job, t, should_stop)] = t
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    task = running.pop(future)
-                    future.result()
-                    queue.finished(task)
-                    yield task
-        finally:
-            stop.set()
-
-
-def _execute_distributed(job: Job, todo: list, deps: dict, scheduler) -> Iterator[tuple]:
-    from distributed import Client, as_completed
-
-    client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-    try:
-        queue = ReadyQueue(deps)
-        job_future = client.scatter(job, broadcast=True)
-        futures = as_completed()
-        keys = {}
-
-        def submit_ready():
-            for t in queue.pop_ready():
-                f = client.submit(run_region, job_future, t, pure=False)
-                keys[f.key] = t
-                futures.add(f)
-
-        submit_ready()
-        for future in futures:
-            task = keys.pop(future.key)
-            future.result()
-            queue.finished(task)
-            yield task
-            submit_ready()
-    finally:
-        if not isinstance(scheduler, Client):
-            client.close()
-
-
-__all__ = ["Event", "Job", "Regions", "iter_predict", "plan_region_size", "predict", "run_region"]
+__all__ = ["Event", "iter_predict", "predict"]

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..core.pairs import IGNORE
 from ..core.grid import Grid
+from ..core.pairs import IGNORE
 
 #: voxels counted per vectorised step
 BLOCK = 1 << 22

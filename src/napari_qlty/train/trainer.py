@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from ..core.pairs import IGNORE
+from ..io import formats
+from ..io.formats import jsonable
 from ..models import ModelSpec, load_model, resolve_device
-from ..io.prediction import jsonable
 from .data import Batch, PlanarSampler, VolumeSampler, as_pairs
 from .metrics import confusion_matrix, f1_scores
 from .networks import ARCHITECTURES, FACTORIES, fold_batchnorm, planar
@@ -55,7 +56,7 @@ __all__ = [
     "train",
 ]
 
-CHECKPOINT_FORMAT = "napari-qlty/checkpoint/1"
+CHECKPOINT_FORMAT = formats.CHECKPOINT
 
 
 # -- the loss --------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from napari.layers import Image
 
 from ...core.grid import Grid
 from ...models import ModelSpec, load_model, resolve_device
-from ...run.runner import Cancelled, iter_predict
+from ...run import Cancelled, iter_predict
 from ...io.sources import open_source
 from ...core.weights import Weighting
 from .._qt.base import ViewerWidget, form, grid_button, set_status, status_label

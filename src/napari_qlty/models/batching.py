@@ -1,0 +1,270 @@
+"""Batch sizes that fit in memory, and halving a batch on out-of-memory."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .devices import as_device, is_oom
+from .probes import call_checked, check_model_output, check_output, static_batch
+
+
+def _cpu_available_bytes() -> int:
+    """MemAvailable from /proc/meminfo, capped by a cgroup limit; sysconf elsewhere."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 2 << 30
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and int(limit) < (1 << 60):
+            available = min(available, max(int(limit) - usage, 0))
+        break
+    return available
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << (max(int(n), 1).bit_length() - 1)
+
+
+def auto_batch_size(
+    model: Callable,
+    in_channels: int,
+    window: Sequence[int],
+    device: str | torch.device,
+    budget_bytes: int | None = None,
+    start: int = 64,
+    *,
+    dtype: torch.dtype = torch.float32,
+    safety_factor: float = 16.0,
+) -> int:
+    """The largest power of 2 <= ``start`` whose batch should fit in memory (at least 1).
+
+    cuda: peak memory is measured at batch 1 and 2 (``max_memory_allocated``), giving a
+    fixed cost and a cost per window, against the free memory (``mem_get_info`` plus
+    torch's cached blocks) or ``budget_bytes``; the result is then tried once and halved on
+    out-of-memory. cpu/mps: a window costs its input and output tensors times
+    ``safety_factor``, against ``budget_bytes`` or half the available memory (cgroup-aware
+    MemAvailable on Linux). A torch.export program with a fixed batch of 1 gives 1.
+    """
+    if start < 1:
+        raise ValueError(f"start must be >= 1, got {start}")
+    dev = as_device(device)
+    cap = _floor_pow2(start)
+    window = tuple(int(w) for w in window)
+    static = static_batch(model)
+    if static is not None:
+        if static == 1:
+            return 1
+        raise ValueError(
+            f"the exported program only takes batches of exactly {static}; re-export it with a "
+            "dynamic batch, e.g. dynamic_shapes=({0: Dim('batch')},)"
+        )
+    voxels = math.prod(window)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if dev.type == "cuda":
+        per_window, fixed, c_out = _measure_cuda(model, in_channels, window, dev, dtype)
+        if per_window is None:  # the model refused a batch of 2
+            return 1
+        if budget_bytes is None:
+            free, _ = torch.cuda.mem_get_info(dev)
+            free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+            budget_bytes = int(free * 0.9)
+    else:
+        c_out = check_model_output(model, in_channels, window, dev, dtype)
+        per_window = int((in_channels + c_out) * voxels * itemsize * safety_factor)
+        fixed = 0
+        if budget_bytes is None:
+            budget_bytes = _default_budget(dev)
+    n = (int(budget_bytes) - fixed) // max(per_window, 1)
+    n = min(cap, _floor_pow2(n)) if n >= 1 else 1
+    if dev.type == "cuda" and n > 1:
+        n = _confirm_cuda(model, in_channels, window, dev, dtype, n)
+    return n
+
+
+def _default_budget(dev: torch.device) -> int:
+    if dev.type == "mps":
+        try:
+            total = torch.mps.recommended_max_memory()
+            used = torch.mps.driver_allocated_memory()
+            return int(max(total - used, 0) * 0.8)
+        except (AttributeError, RuntimeError):
+            pass
+    return _cpu_available_bytes() // 2
+
+
+def _measure_cuda(model, in_channels, window, dev, dtype):
+    """(bytes per window, fixed bytes, C_out) from peak allocations at batch 1 and 2."""
+    torch.cuda.synchronize(dev)
+    base = torch.cuda.memory_allocated(dev)
+    peaks = []
+    c_out = 0
+    for batch in (1, 2):
+        torch.cuda.reset_peak_memory_stats(dev)
+        x = torch.zeros((batch, in_channels, *window), dtype=dtype, device=dev)
+        try:
+            out = call_checked(model, x, dtype)
+        except ValueError as e:
+            if batch == 1:
+                raise
+            warnings.warn(f"{e}; using batch size 1", stacklevel=3)
+            return None, 0, c_out
+        check_output(out, tuple(x.shape))
+        c_out = int(out.shape[1])
+        torch.cuda.synchronize(dev)
+        peaks.append(torch.cuda.max_memory_allocated(dev) - base)
+        del out, x
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    io_bytes = (in_channels + c_out) * math.prod(window) * itemsize
+    per_window = max(peaks[1] - peaks[0], io_bytes)
+    fixed = max(peaks[0] - per_window, 0)
+    return per_window, fixed, c_out
+
+
+def _confirm_cuda(model, in_channels, window, dev, dtype, n: int) -> int:
+    while n > 1:
+        try:
+            x = torch.zeros((n, in_channels, *window), dtype=dtype, device=dev)
+            with torch.no_grad():
+                model(x)
+            return n
+        except Exception as e:
+            if not is_oom(e):
+                raise
+        x = None
+        torch.cuda.empty_cache()
+        n //= 2
+    return 1
+
+
+
+
+_REMEMBERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+_REMEMBERED_BY_ID: dict[int, int] = {}  # models that cannot be weakly referenced
+
+
+_REMEMBER_LOCK = threading.Lock()
+
+
+def remembered_batch_size(model) -> int | None:
+    """The batch size that last worked after an out-of-memory error (None: never ran out)."""
+    with _REMEMBER_LOCK:
+        try:
+            return _REMEMBERED.get(model)
+        except TypeError:
+            return _REMEMBERED_BY_ID.get(id(model))
+
+
+def forget_batch_size(model=None) -> None:
+    """Let ``model`` (every model, if None) try full batches again."""
+    with _REMEMBER_LOCK:
+        if model is None:
+            _REMEMBERED.clear()
+            _REMEMBERED_BY_ID.clear()
+            return
+        try:
+            _REMEMBERED.pop(model, None)
+        except TypeError:
+            _REMEMBERED_BY_ID.pop(id(model), None)
+
+
+def _remember(model, size: int) -> None:
+    with _REMEMBER_LOCK:
+        try:
+            old = _REMEMBERED.get(model)
+            _REMEMBERED[model] = size if old is None else min(old, size)
+        except TypeError:
+            old = _REMEMBERED_BY_ID.get(id(model))
+            _REMEMBERED_BY_ID[id(model)] = size if old is None else min(old, size)
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def run_with_oom_backoff(model: Callable, batch: torch.Tensor, min_batch: int = 1) -> torch.Tensor:
+    """``model(batch)``, splitting the batch in halves on out-of-memory until it fits.
+
+    Out-of-memory is ``torch.cuda.OutOfMemoryError`` or a RuntimeError saying "out of
+    memory" (mps) or "can't allocate memory" (cpu). Parts are run in order and
+    concatenated, so the result equals one call on the whole batch. The part size that
+    worked is remembered per model (see :func:`remembered_batch_size`): later calls start
+    there. At ``min_batch`` windows the error is raised again with the batch shape and
+    device in its message.
+    """
+    min_batch = max(1, int(min_batch))
+    n = int(batch.shape[0])
+    remembered = remembered_batch_size(model)
+    size = n if remembered is None else max(1, min(n, remembered))
+    outs = []
+    start = 0
+    shrunk = False
+    with torch.no_grad():
+        while start < n:
+            part = batch[start : start + size]
+            failure = None
+            try:
+                out = model(part)
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                if size <= min_batch:
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    message = (
+                        f"out of memory running the model on {len(part)} window(s) of shape "
+                        f"{tuple(part.shape[1:])} on {batch.device}, the smallest batch allowed "
+                        f"(min_batch={min_batch}): use a smaller window, a smaller model, half "
+                        f"precision, or another device. ({reason})"
+                    )
+                    if isinstance(e, torch.cuda.OutOfMemoryError):
+                        raise torch.cuda.OutOfMemoryError(message) from e
+                    raise RuntimeError(message) from e
+                failure = type(e)  # leave the except block: its traceback holds the memory
+            if failure is not None:
+                part = None
+                size = max(min_batch, (size + 1) // 2)
+                shrunk = True
+                _empty_cache(batch.device)
+                continue
+            outs.append(out)
+            start += len(part)
+    if shrunk:
+        _remember(model, size)
+    if not outs:
+        with torch.no_grad():
+            return model(batch)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

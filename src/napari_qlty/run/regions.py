@@ -1,0 +1,144 @@
+"""The output cut into chunk-aligned regions, who hands partial sums to whom, and how
+large a region may be within a memory budget."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.grid import Grid
+
+#: default chunk edge per number of spatial axes (about a million voxels a chunk)
+DEFAULT_CHUNK = {1: 1 << 20, 2: 1024, 3: 128, 4: 32}
+
+
+# -- regions ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Regions:
+    """The output cut into chunk-aligned regions, and who hands partial sums to whom."""
+
+    grid: Grid
+    size: tuple[int, ...]
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        return tuple(math.ceil(p / s) for p, s in zip(self.grid.padded_shape, self.size))
+
+    def bounds(self, r: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        start = tuple(int(i) * s for i, s in zip(r, self.size))
+        stop = tuple(min(a + s, p) for a, s, p in zip(start, self.size, self.grid.padded_shape))
+        return start, stop
+
+    def owned(self, r: Sequence[int]) -> np.ndarray:
+        """Per-image positions of the windows whose origin lies in region ``r``."""
+        start, stop = self.bounds(r)
+        hits = [np.nonzero((o >= a) & (o < b))[0] for o, a, b in zip(self.grid.axis_origins, start, stop)]
+        if any(h.size == 0 for h in hits):
+            return np.zeros(0, dtype=np.int64)
+        mesh = np.meshgrid(*hits, indexing="ij")
+        return np.ravel_multi_index([m.reshape(-1) for m in mesh], self.grid.counts)
+
+    def box(self, r: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The span of region ``r``'s own windows (the region, grown at its far faces)."""
+        start, stop = self.bounds(r)
+        grown = []
+        for o, w, a, b in zip(self.grid.axis_origins, self.grid.window, start, stop):
+            inside = o[(o >= a) & (o < b)]
+            grown.append(max(b, int(inside.max()) + w) if inside.size else b)
+        return start, tuple(grown)
+
+    def receivers(self, r: Sequence[int]) -> list[tuple[int, ...]]:
+        """Regions other than ``r`` that ``r``'s windows reach."""
+        _, box_stop = self.box(r)
+        ranges = [range(i, min(c, math.ceil(b / s))) for i, b, s, c in zip(r, box_stop, self.size, self.counts)]
+        return [q for q in itertools.product(*ranges) if q != tuple(r)]
+
+    def senders(self, r: Sequence[int]) -> list[tuple[int, ...]]:
+        """Lower regions whose windows reach region ``r`` (it waits for them)."""
+        reach = [math.ceil(w / s) + 1 for w, s in zip(self.grid.window, self.size)]
+        ranges = [range(max(0, i - k), i + 1) for i, k in zip(r, reach)]
+        r = tuple(r)
+        return [q for q in itertools.product(*ranges) if q != r and r in self.receivers(q)]
+
+    def overlap(self, sender: Sequence[int], receiver: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        s_start, s_stop = self.box(sender)
+        r_start, r_stop = self.bounds(receiver)
+        return (
+            tuple(max(a, b) for a, b in zip(s_start, r_start)),
+            tuple(min(a, b) for a, b in zip(s_stop, r_stop)),
+        )
+
+
+def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
+    edge = DEFAULT_CHUNK[len(shape)]
+    return tuple(min(edge, s) for s in shape)
+
+
+def region_cost(grid: Grid, size: Sequence[int], channels_in: int, channels_out: int) -> int:
+    """Bytes a region task holds besides its batches: the input box (read, then copied
+    into a tensor), the weighted sums over the box, and the final values and labels."""
+    box = math.prod(min(s + w, p) for s, w, p in zip(size, grid.window, grid.padded_shape))
+    core = math.prod(min(s, p) for s, p in zip(size, grid.padded_shape))
+    return box * 4 * (2 * channels_in + channels_out) + core * (8 * channels_out + 9)
+
+
+def plan_region_size(
+    grid: Grid,
+    chunks: Sequence[int],
+    channels_in: int,
+    channels_out: int,
+    batch_bytes: int,
+    budget_bytes: int,
+    cap: Sequence[int] | None = None,
+) -> tuple[int, ...]:
+    """The largest chunk-aligned region whose working set fits ``budget_bytes``.
+
+    ``batch_bytes`` is what one batch costs inside the model (measured); ``cap`` bounds
+    the region shape (rounded down to whole chunks). Raises a clear error when even a
+    one-chunk region does not fit.
+    """
+    size = [math.ceil(p / c) * c for p, c in zip(grid.padded_shape, chunks)]
+    if cap is not None:
+        if len(cap) != grid.ndim or min(cap) < 1:
+            raise ValueError(f"region must be {grid.ndim} positive ints, got {tuple(cap)}")
+        size = [min(s, max(c, m // c * c)) for s, c, m in zip(size, chunks, cap)]
+    while region_cost(grid, size, channels_in, channels_out) + batch_bytes > budget_bytes:
+        shrinkable = [a for a in range(grid.ndim) if size[a] > chunks[a]]
+        if not shrinkable:
+            need = region_cost(grid, size, channels_in, channels_out) + batch_bytes
+            raise ValueError(
+                f"memory budget {budget_bytes / 2**20:.0f} MiB is too small for windows "
+                f"{'x'.join(map(str, grid.window))} (one region and one batch need about "
+                f"{need / 2**20:.0f} MiB, of which {batch_bytes / 2**20:.0f} MiB for the batch); "
+                f"raise the budget, or lower the batch size or the chunk size"
+            )
+        axis = max(shrinkable, key=lambda a: (size[a] / chunks[a], -a))
+        size[axis] = max(chunks[axis], (size[axis] // 2) // chunks[axis] * chunks[axis])
+    return tuple(size)
+
+
+def batch_bytes(model, channels_in: int, channels_out: int, window: Sequence[int], batch_size: int,
+                device: torch.device) -> int:
+    """Memory one batch takes inside the model.
+
+    CUDA: the peak allocated while one window runs, measured. CPU: an estimate (the
+    window in and out with room for activations, 32 bytes a channel-voxel), not a
+    measurement, so the same command always plans the same regions (and gives the same
+    bytes).
+    """
+    voxels = math.prod(window)
+    estimate = voxels * 4 * (channels_in + channels_out + 1) * 8
+    if device.type != "cuda":
+        return batch_size * estimate
+    x = torch.zeros((1, channels_in, *window), device=device)
+    with torch.no_grad():
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        model(x)
+        measured = torch.cuda.max_memory_allocated(device) - before
+    return batch_size * max(measured, estimate)

@@ -1,0 +1,120 @@
+"""One task: one region of one image through the model, handed over and finished."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.blend import Accumulator, normalise_
+from ..core.grid import Grid
+from ..core.inference import check_output
+from ..core.tiles import read_region
+from ..core.weights import Weighting, WindowWeights, window_weights
+from ..io.prediction import OutputStore
+from ..io.sources import Source
+from ..models import ModelSpec, load_model, run_with_oom_backoff
+from .regions import Regions
+
+POSTPROCESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda y: torch.softmax(y, dim=1),
+    "sigmoid": torch.sigmoid,
+}
+
+
+# -- one task ------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """Everything a task needs; picklable when the source and model are given by location."""
+
+    source: Source
+    model: ModelSpec | torch.nn.Module | Callable
+    grid: Grid
+    weighting: Weighting
+    store_path: str
+    region_size: tuple[int, ...]
+    channels_out: int
+    batch_size: int = 4
+    device: str = "cpu"
+    postprocess: str | None = None
+    token: str = field(default_factory=lambda: f"{time.time_ns()}")
+
+
+_weights_lock = threading.Lock()
+
+
+_map_weights: dict[str, WindowWeights] = {}
+
+
+def _weights(job: Job) -> WindowWeights:
+    """The run's weights, built once per process (a user map once per run)."""
+    with _weights_lock:
+        if job.weighting.mode != "map":
+            return window_weights(job.grid, job.weighting)
+        if job.token not in _map_weights:
+            _map_weights.clear()
+            _map_weights[job.token] = WindowWeights(job.grid, job.weighting)
+        return _map_weights[job.token]
+
+
+def spill_key(n: int, sender: Sequence[int], receiver: Sequence[int]) -> str:
+    return f"n{n}_" + "_".join(map(str, sender)) + "_to_" + "_".join(map(str, receiver))
+
+
+def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | None = None) -> int:
+    """Compute, hand over and finish one region of one image; returns windows run."""
+    n, r = task[0], task[1:]
+    grid = job.grid
+    regions = Regions(grid, job.region_size)
+    store = OutputStore(job.store_path)
+    weights = _weights(job)
+    device = torch.device(job.device)
+    start, stop = regions.bounds(r)
+    box_start, box_stop = regions.box(r)
+    positions = regions.owned(r)
+    acc = Accumulator(weights, 1, job.channels_out, start=box_start, stop=box_stop, device=device)
+    if positions.size:
+        model = load_model(job.model, device) if isinstance(job.model, (ModelSpec, str)) else job.model
+        post = POSTPROCESS[job.postprocess] if job.postprocess else None
+        x = read_region(job.source, n, box_start, box_stop, grid)
+        origins = grid.origins()
+        with torch.no_grad():
+            for i in range(0, len(positions), job.batch_size):
+                if cancelled is not None and cancelled():
+                    raise Cancelled()
+                chunk = positions[i : i + job.batch_size]
+                batch = torch.stack([
+                    x[(slice(None), *(slice(o - a, o - a + w) for o, a, w in zip(origins[k], box_start, grid.window)))]
+                    for k in chunk
+                ]).to(device)
+                out = run_with_oom_backoff(model, batch)  # halves the batch on out-of-memory
+                check_output(out, batch, grid)
+                if post is not None:
+                    out = post(out)
+                acc.add(out, chunk)
+        del x
+    sums = acc.sum
+    for receiver in regions.receivers(r):
+        a, b = regions.overlap(r, receiver)
+        part = sums[(0, slice(None), *(slice(lo - s, hi - s) for lo, hi, s in zip(a, b, box_start)))]
+        store.write_spill(spill_key(n, r, receiver), part)
+    core = sums[(0, slice(None), *(slice(0, b - a) for a, b in zip(start, stop)))]
+    senders = regions.senders(r)
+    for sender in senders:
+        a, b = regions.overlap(sender, r)
+        target = core[(slice(None), *(slice(lo - s, hi - s) for lo, hi, s in zip(a, b, start)))]
+        target += store.read_spill(spill_key(n, sender, r)).to(device=device, dtype=core.dtype)
+    final = normalise_(core.unsqueeze(0), weights, start)[0]
+    keep = tuple(slice(0, max(0, min(b, s) - a)) for a, b, s in zip(start, stop, grid.shape))
+    store.write_region(n, start, final[(slice(None), *keep)])
+    store.mark_finished(task)
+    for sender in senders:
+        store.delete_spill(spill_key(n, sender, r))
+    return int(positions.size)
+
+
+class Cancelled(Exception):
+    """The run was asked to stop; finished regions stay finished."""
