@@ -178,21 +178,33 @@ def brute_extract(x, grid: Grid, indices=None) -> np.ndarray:
 
 
 def ref_taper(mode: str, size: int, border: int, sigma: float) -> np.ndarray:
-    """The documented 1D tapers, peak 1."""
-    i = np.arange(size, dtype=np.float64)
-    if mode == "border":
-        return np.ones(size)
-    if mode == "gaussian":
-        p = np.exp(-0.5 * ((i - (size - 1) / 2) / max(sigma * size, 1e-3)) ** 2)
-    elif mode == "hann":
-        p = np.sin(np.pi * (i + 0.5) / size) ** 2
-    elif mode == "linear":
-        ramp = border if border > 0 else max(size // 2, 1)
-        p = np.clip(np.minimum(i + 1, size - i) / (ramp + 1), 0, 1)
-    else:
-        raise AssertionError(mode)
-    # floored so that tails stay positive in float32 (see weights.TAPER_FLOOR)
-    return np.maximum(p / p.max(), 1e-6)
+    """The documented 1D tapers, peak 1, voxel by voxel from their definitions.
+
+    gaussian: exp(-d^2 / 2 s^2) with d the distance to the window's centre and
+    s = sigma * size; hann: 1/2 - 1/2 cos(2 pi (i + 1/2) / size), sampled at voxel
+    centres; linear: a ramp of ``border`` voxels (half the window without a band) up
+    to 1, the first voxel at 1 / (ramp + 1). Every value is at least 1e-6, so products
+    over 4 axes stay positive in float32.
+    """
+    values = []
+    for i in range(size):
+        if mode == "border":
+            v = 1.0
+        elif mode == "gaussian":
+            s = max(sigma * size, 1e-3)
+            d = i - (size - 1) / 2
+            v = math.exp(-(d * d) / (2 * s * s))
+        elif mode == "hann":
+            v = 0.5 - 0.5 * math.cos(2 * math.pi * (i + 0.5) / size)
+        elif mode == "linear":
+            ramp = border if border > 0 else max(size // 2, 1)
+            from_edge = min(i, size - 1 - i) + 1  # 1 at the window's first and last voxel
+            v = min(1.0, from_edge / (ramp + 1))
+        else:
+            raise AssertionError(mode)
+        values.append(v)
+    peak = max(values)
+    return np.array([max(v / peak, 1e-6) for v in values])
 
 
 def ref_inside(size: int, border: int, low_edge: bool, high_edge: bool) -> np.ndarray:

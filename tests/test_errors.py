@@ -127,8 +127,13 @@ def test_border_weight_outside_unit_interval(bw):
 
 
 @pytest.mark.parametrize("bw", [0.0, 0.5, 1.0])
-def test_border_weight_in_range_is_fine(bw):
-    Weighting("gaussian", border_weight=bw)
+def test_border_weight_in_range_is_used_in_the_band(bw):
+    """Accepted at both ends of [0, 1]: an interior window weighs ``bw`` in its band, 1 inside."""
+    grid = Grid((30,), window=10, step=4, border=2)
+    w = WindowWeights(grid, Weighting("border", border_weight=bw)).for_window(2).numpy()
+    np.testing.assert_allclose(w[:2], bw)
+    np.testing.assert_allclose(w[8:], bw)
+    np.testing.assert_allclose(w[2:8], 1.0)
 
 
 def test_unknown_mode_and_bad_sigma():

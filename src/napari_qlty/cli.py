@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from .core.grid import Grid
+from .core.grid import Grid, parse_per_axis, per_axis
 from .core.weights import MODES, Weighting
 from .io.formats import StoreError
 
@@ -16,10 +16,9 @@ from .io.formats import StoreError
 def int_or_tuple(text: str) -> int | tuple[int, ...]:
     """'128' or '64,128,128'."""
     try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int or comma-separated ints, got {text!r}") from None
-    return values[0] if len(values) == 1 else values
+        return parse_per_axis(text, "value")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("value: ")) from None
 
 
 def add_grid_options(p: argparse.ArgumentParser, window=None, step=None, border=0) -> None:
@@ -126,10 +125,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _per_axis(value, ndim: int) -> tuple[int, ...]:
-    return (value,) * ndim if isinstance(value, int) else tuple(value)
-
-
 def cmd_predict(args) -> int:
     from .io.sources import open_source
     from .models import ModelSpec
@@ -156,7 +151,7 @@ def cmd_predict(args) -> int:
         memory_budget=args.memory_budget, probabilities=args.outputs in ("both", "probabilities"),
         labels=args.outputs in ("both", "labels"), dtype=args.dtype, postprocess=args.postprocess,
         workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
-        chunks=None if args.chunks is None else _per_axis(args.chunks, grid.ndim),
+        chunks=None if args.chunks is None else per_axis(args.chunks, grid.ndim, "--chunks"),
     ):
         if event.kind == "start":
             print(f"input  {src.describe()}")

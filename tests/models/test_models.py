@@ -545,7 +545,7 @@ def test_other_errors_pass_through():
 
 def test_auto_batch_size_cpu():
     model = make_model()
-    per_window = (1 + 2) * 8 * 8 * 8 * 4 * 16  # in + out channels, float32, safety factor 16
+    per_window = (1 + 2 + 1) * 8 * 8 * 8 * 4 * 8  # in + out channels + 1, float32, safety factor 8
     assert auto_batch_size(model, 1, WINDOW, "cpu", budget_bytes=1) == 1
     assert auto_batch_size(model, 1, WINDOW, "cpu", budget_bytes=3 * per_window) == 2
     assert auto_batch_size(model, 1, WINDOW, "cpu", budget_bytes=9 * per_window) == 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -67,10 +68,10 @@ def plan_budget_for(grid, region):
 
 
 def plan_bytes(grid, size, c_in=1, c_out=2, batch=3):
-    """The planner's bytes for ``size``, with the batch at its floor (tiny models)."""
-    import math
+    """The planner's bytes for ``size``: the region's working set and one batch of a conv."""
+    from napari_qlty.models.batching import batch_memory
 
-    return region_cost(grid, size, c_in, c_out) + batch * math.prod(grid.window) * 4 * (c_in + c_out + 1) * 8
+    return region_cost(grid, size, c_in, c_out) + batch_memory(conv_model(c_in, c_out), c_in, grid.window, batch, "cpu")
 
 
 def test_every_window_owned_once():
@@ -285,8 +286,15 @@ def test_callers_module_stays_where_it_is(tmp_path, volume):
 def test_batchnorm_module_fingerprint():
     from napari_qlty.run.runner import model_fingerprint
 
+    torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
-    net = net.to(memory_format=torch.channels_last_3d)
-    assert model_fingerprint(net) == model_fingerprint(net)
+    strided = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
+    # the same weights in another memory layout (BatchNorm's buffers included) are the same model
+    assert model_fingerprint(strided) == model_fingerprint(net)
+    torch.manual_seed(1)
     other = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
-    assert model_fingerprint(net) != model_fingerprint(other)
+    assert model_fingerprint(other) != model_fingerprint(net)
+    # a forward pass in training mode moves the running statistics: another model now
+    before = model_fingerprint(net)
+    net.train()(torch.randn(2, 1, 4, 4, 4))
+    assert model_fingerprint(net) != before

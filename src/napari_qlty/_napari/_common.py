@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.grid import parse_per_axis
+
 #: axis letters of a layer with this many (non-RGB) dimensions, as the engine's sources name them
 AXES_FOR_NDIM = {1: "x", 2: "yx", 3: "zyx", 4: "tzyx"}
 
@@ -35,33 +37,6 @@ OK_STYLE = ""
 
 
 # -- fields ------------------------------------------------------------------------------
-def parse_per_axis(text: str, name: str, ndim: int | None = None) -> int | tuple[int, ...]:
-    """``"64"`` -> 64, ``"32, 64, 64"`` (or ``32 x 64 x 64``) -> (32, 64, 64).
-
-    Raises ValueError with a message meant for the person typing.
-    """
-    parts = [p for p in re.split(r"[,\s;xX×]+", str(text).strip()) if p]
-    if not parts:
-        raise ValueError(f"{name}: enter a number, or one number per axis separated by commas")
-    values = []
-    for p in parts:
-        try:
-            v = float(p)
-        except ValueError:
-            raise ValueError(f"{name}: {p!r} is not a number") from None
-        if not v.is_integer():
-            raise ValueError(f"{name}: {p!r} must be a whole number of voxels")
-        values.append(int(v))
-    if len(values) == 1:
-        return values[0]
-    if ndim is not None and len(values) != ndim:
-        raise ValueError(
-            f"{name}: {len(values)} values given but the image has {ndim} axes; "
-            f"give one value for all axes or {ndim} values"
-        )
-    return tuple(values)
-
-
 def parse_optional_per_axis(text: str, name: str, ndim: int) -> tuple[int, ...] | None:
     """Like :func:`parse_per_axis` but empty means None and one value is repeated."""
     if not str(text).strip():

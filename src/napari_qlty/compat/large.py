@@ -5,29 +5,32 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 import torch
 import zarr
 
-from ..core.blend import Accumulator, accumulation_dtype
+from ..core.blend import accumulation_dtype
 from ..core.grid import Grid
+from ..core.pairs import labelled_per_window
 from ..core.tiles import extract
 from ..core.weights import WindowWeights
+from ..io.spills import MemorySpills, ZarrSpills
+from ..run.handover import RegionSums, finish, spill_key
+from ..run.regions import Regions
 from .quilts import QuiltBase, as_tensor, observed
 
 #: default RAM (or device memory) a Large quilt may use for one accumulator store
 DEFAULT_MEMORY_LIMIT = 1 << 30
 
 
-#: zarr chunks (= cache blocks) of the Large quilts grow from the window up to about this
+#: regions of a Large quilt that does not fit its memory limit grow from the window up to about this
 BLOCK_BYTES = 1 << 21
 
 
 # -- accumulation for the Large quilts ----------------------------------------------------
 def _block_shape(grid: Grid, channels: int, itemsize: int) -> tuple[int, ...]:
-    """Chunk shape of the zarr stores: the window, doubled until about BLOCK_BYTES."""
+    """Region (and saved chunk) shape: the window, doubled until about BLOCK_BYTES."""
     block = list(min(w, s) for w, s in zip(grid.window, grid.shape))
     while channels * math.prod(block) * itemsize < BLOCK_BYTES:
         grown = [min(2 * b, s) for b, s in zip(block, grid.shape)]
@@ -38,122 +41,89 @@ def _block_shape(grid: Grid, channels: int, itemsize: int) -> tuple[int, ...]:
 
 
 class _SumStore:
-    """The weighted sum of window outputs of ``N`` images, in RAM or in a zarr array.
+    """The blended windows of ``N`` images, region by region through the engine's hand-over.
 
-    Design: the total weight (the normaliser) is never accumulated -- the engine knows it
-    in closed form (:meth:`WindowWeights.norm`) -- so only the weighted sum is stored.
+    The volume is cut into regions (:class:`~napari_qlty.run.regions.Regions`); a window
+    belongs to the region holding its origin and is added to that region's sums
+    (:class:`~napari_qlty.run.handover.RegionSums`). Once all of a region's windows are in,
+    the region hands its sums over (the parts past its far faces to its neighbours, its own
+    part to itself) and its memory is freed; :meth:`read` finishes a region from what it
+    was handed. The total weight is known in closed form, so only weighted sums are kept.
 
-    * If ``N * C * Y * X`` (times Z) values fit in ``memory_limit`` bytes, the sum is one
-      engine :class:`~napari_qlty.core.blend.Accumulator` on the patches' device: each
-      ``stitch`` call is one in-place ``addcmul`` of the window, nothing touches the disk.
-    * Otherwise the sum lives in a zarr array (``path``) chunked in blocks, and windows are
-      added into an LRU cache of block-sized engine Accumulators (each clips the window to
-      its block). A block leaving the cache is added into its zarr chunk (one aligned
-      read-modify-write). Windows arrive in raster order, so a block usually collects all
-      its windows while cached and is written once; any order stays correct, since
-      flushing adds. RAM stays at ``max(memory_limit, 2**ndim blocks)``.
-
-    qlty instead did ``zarr[region] += patch * weight`` per window -- reading, decompressing
-    and rewriting every chunk a window overlaps, for every window -- and accumulated a
-    normaliser it then biased with ``+ eps``.
+    If the sums of the whole volume fit ``memory_limit`` bytes there is one region and the
+    hand-over stays in memory; otherwise regions are blocks of about ``BLOCK_BYTES`` and
+    the hand-over goes to a zarr group at ``path``. Windows may arrive in any order and
+    more than once a region (hand-overs add up).
     """
 
-    def __init__(
-        self,
-        weights: WindowWeights,
-        n_images: int,
-        channels: int,
-        *,
-        dtype: torch.dtype,
-        device,
-        path: str,
-        memory_limit: int,
-    ) -> None:
+    def __init__(self, weights: WindowWeights, n_images: int, channels: int, *, dtype: torch.dtype,
+                 device, path: str, memory_limit: int) -> None:
         grid = weights.grid
-        self.weights = weights
-        self.grid = grid
-        self.n_images = n_images
-        self.channels = channels
-        self.dtype = dtype
-        self.device = device
-        self.path = path
+        self.weights, self.grid = weights, grid
+        self.n_images, self.channels, self.dtype, self.device = n_images, channels, dtype, device
         itemsize = torch.empty((), dtype=dtype).element_size()
-        total = n_images * channels * math.prod(grid.shape) * itemsize
-        self.in_memory = total <= memory_limit
+        self.in_memory = n_images * channels * math.prod(grid.shape) * itemsize <= memory_limit
         if self.in_memory:
-            self.acc = Accumulator(weights, n_images, channels, device=device, dtype=dtype)
-            self.array = None
-            return
-        self.block = _block_shape(grid, channels, itemsize)
-        block_bytes = channels * math.prod(self.block) * itemsize
-        self.max_blocks = max(2**grid.ndim, memory_limit // block_bytes)
-        self.array = zarr.open_array(
-            path,
-            mode="w",
-            shape=(n_images, channels, *grid.shape),
-            chunks=(1, channels, *self.block),
-            dtype=np.dtype(str(dtype).replace("torch.", "")),
-            fill_value=0,
-        )
-        self.cache: OrderedDict[tuple, Accumulator] = OrderedDict()
-        self._origins = grid.origins()
+            self.regions = Regions(grid, grid.padded_shape)
+            self.spills = MemorySpills()
+        else:
+            self.regions = Regions(grid, _block_shape(grid, channels, itemsize))
+            self.spills = ZarrSpills(zarr.open_group(path, mode="w"))
+        self.path = path
+        self.open: dict[tuple[int, ...], RegionSums] = {}
+        origins = grid.origins()
+        size = np.asarray(self.regions.size)
+        #: region of every window (per image), and how many windows each region owns
+        self._region_of = [tuple(int(i) for i in row) for row in origins // size]
+        self._owned = {}
+        for r in self._region_of:
+            self._owned[r] = self._owned.get(r, 0) + 1
+        self._added: dict[tuple[int, ...], int] = {}
 
     def add(self, patch: torch.Tensor, index: int) -> None:
         """Add one window's output (C, *window) with flat index ``index``."""
-        if self.in_memory:
-            self.acc.add_one(patch.to(device=self.acc.sum.device), index)
-            return
-        n, k = divmod(index, len(self.grid))
-        origin = self._origins[k]
-        ranges = [
-            range(int(o) // b, (int(o) + w - 1) // b + 1)
-            for o, w, b in zip(origin, self.grid.window, self.block)
-        ]
-        for bidx in itertools.product(*ranges):
-            key = (n, bidx)
-            acc = self.cache.get(key)
-            if acc is None:
-                start, stop = self._box(bidx)
-                acc = Accumulator(
-                    self.weights, 1, self.channels, start=start, stop=stop,
-                    device=patch.device, dtype=self.dtype,
-                )
-                self.cache[key] = acc
-                while len(self.cache) > self.max_blocks:
-                    self._flush(*self.cache.popitem(last=False))
-            else:
-                self.cache.move_to_end(key)
-            acc.add_one(patch, k)
+        n, k = divmod(int(index), len(self.grid))
+        r = self._region_of[k]
+        key = (n, *r)
+        sums = self.open.get(key)
+        if sums is None:
+            sums = self.open[key] = RegionSums(self.regions, self.weights, n, r, self.channels,
+                                               device=patch.device, dtype=self.dtype)
+        sums.add(patch.unsqueeze(0), [k])
+        self._added[key] = self._added.get(key, 0) + 1
+        if self._added[key] >= self._owned[r]:  # every window of the region is in
+            self._hand_over(key)
 
-    def _box(self, bidx) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        start = tuple(i * b for i, b in zip(bidx, self.block))
-        stop = tuple(min(a + b, s) for a, b, s in zip(start, self.block, self.grid.shape))
-        return start, stop
-
-    def _flush(self, key, acc: Accumulator) -> None:
-        n, bidx = key
-        start, stop = self._box(bidx)
-        region = (n, slice(None), *(slice(a, b) for a, b in zip(start, stop)))
-        self.array[region] = self.array[region] + acc.sum[0].cpu().numpy()
+    def _hand_over(self, key) -> None:
+        self.open.pop(key).hand_over(self.spills, keep_core=True)
+        self._added[key] = 0
 
     def flush(self) -> None:
-        if not self.in_memory:
-            while self.cache:
-                self._flush(*self.cache.popitem(last=False))
+        """Hand over the regions still open (some of their windows were never stitched)."""
+        for key in list(self.open):
+            self._hand_over(key)
 
     def boxes(self):
-        """Regions to normalise one at a time: the zarr chunks, or the whole volume."""
-        if self.in_memory:
-            return [((0,) * self.grid.ndim, self.grid.shape)]
-        counts = [math.ceil(s / b) for s, b in zip(self.grid.shape, self.block)]
-        return [self._box(bidx) for bidx in itertools.product(*(range(c) for c in counts))]
+        """Regions in the order they can be finished: (region, start, stop)."""
+        counts = self.regions.counts
+        for r in itertools.product(*(range(c) for c in counts)):
+            start, stop = self.regions.bounds(r)
+            stop = tuple(min(b, s) for b, s in zip(stop, self.grid.shape))
+            yield r, start, stop
 
-    def read(self, n: int, start, stop) -> torch.Tensor:
-        """The (C, *box) weighted sum of image ``n`` (call :meth:`flush` first)."""
-        box = tuple(slice(a, b) for a, b in zip(start, stop))
-        if self.in_memory:
-            return self.acc.sum[(n, slice(None), *box)]
-        return torch.from_numpy(np.asarray(self.array[(n, slice(None), *box)]))
+    def read(self, n: int, r) -> torch.Tensor:
+        """The blended (C, *region) values of region ``r`` of image ``n`` (call :meth:`flush` first).
+
+        The hand-over is read, not consumed, so this can be asked again.
+        """
+        key = spill_key(n, r, r)
+        start, stop = self.regions.bounds(r)
+        if key in self.spills:
+            core = self.spills.read(key).to(device=self.device, dtype=self.dtype).clone()
+        else:
+            core = torch.zeros((self.channels, *(b - a for a, b in zip(start, stop))),
+                               dtype=self.dtype, device=self.device)
+        return finish(self.regions, self.weights, self.spills, n, r, core)
 
 
 # -- Large quilts -------------------------------------------------------------------------
@@ -220,7 +190,9 @@ class _LargeQuilt(QuiltBase):
         """
         tensor_in, tensor_out, squeezed = self._pair_labels(tensor_in, tensor_out)
         present = observed(tensor_out, missing_label).any(dim=1)
-        keep = np.nonzero(_inside_counts(present, self.grid, self.border) > 0)[0]
+        coords = torch.nonzero(present).cpu().numpy()
+        counts = labelled_per_window(self.grid, coords, present.shape[0], band_on_edges=True)
+        keep = np.nonzero(counts > 0)[0]
         if len(keep) == 0:
             if self.grid.ndim == 2:
                 return [], []  # qlty's 2D convention (its 3D quilt crashed here)
@@ -315,15 +287,11 @@ class _LargeQuilt(QuiltBase):
         shape = (self.N, self.mean.channels, *self.grid.shape)
         mean_out = np.empty(shape, dtype=np_dtype)
         std_out = np.empty(shape, dtype=np_dtype) if std else None
-        for start, stop in self.mean.boxes():
+        for r, start, stop in self.mean.boxes():
             box = tuple(slice(a, b) for a, b in zip(start, stop))
             for n in range(self.N):
-                s = self.mean.read(n, start, stop)
-                norm = self._weights.norm(start, stop, device=s.device, dtype=s.dtype)
-                m = s / norm
-                v = None
-                if std:
-                    v = (self.std.read(n, start, stop).to(s.device) / norm).abs().sqrt()
+                m = self.mean.read(n, r)
+                v = self.std.read(n, r).abs().sqrt() if std else None
                 if renormalize:
                     total = m.sum(dim=0, keepdim=True)  # the channel axis (axis 1 overall)
                     m = m / total
@@ -343,36 +311,6 @@ class _LargeQuilt(QuiltBase):
         z[...] = array
 
 
-def _inside_counts(present: torch.Tensor, grid: Grid, border) -> np.ndarray:
-    """Labelled voxels in each window's band-free part (qlty's all-faces band), (N * len(grid),).
-
-    A summed-volume table of ``present`` (N, *shape) gives every window's count from
-    ``2**ndim`` corner lookups, all windows at once.
-    """
-    n_images = present.shape[0]
-    ndim = grid.ndim
-    dtype = torch.int32 if math.prod(grid.shape) < 2**31 - 1 else torch.int64
-    table = torch.zeros(
-        (n_images, *(s + 1 for s in grid.shape)), dtype=dtype, device=present.device
-    )
-    inner = present.to(dtype)
-    for axis in range(1, ndim + 1):
-        inner = inner.cumsum(axis, dtype=dtype)
-    table[(slice(None), *(slice(1, None),) * ndim)] = inner
-    lo, hi = [], []
-    for a, (origins, w) in enumerate(zip(grid.axis_origins, grid.window)):
-        b = border[a] if border else 0
-        lo.append(torch.as_tensor(origins + b, device=present.device))
-        hi.append(torch.as_tensor(origins + w - b, device=present.device))
-    total = torch.zeros((n_images, *grid.counts), dtype=torch.int64, device=present.device)
-    for corner in itertools.product((0, 1), repeat=ndim):
-        idx = [hi[a] if c else lo[a] for a, c in enumerate(corner)]
-        mesh = torch.meshgrid(*idx, indexing="ij")
-        sign = -1 if (ndim - sum(corner)) % 2 else 1
-        total += sign * table[(slice(None), *mesh)].to(torch.int64)
-    return total.reshape(-1).cpu().numpy()
-
-
 class LargeNCYXQuilt(_LargeQuilt):
     """Window-by-window tiling of (N, C, Y, X) data with disk-backed blending (qlty API).
 
@@ -380,8 +318,8 @@ class LargeNCYXQuilt(_LargeQuilt):
     (``tensor`` may be any sliceable array: torch, numpy, zarr, dask); ``stitch(patch,
     index)`` adds the model's output; ``return_mean()`` returns the blended numpy array
     and writes it to ``filename + "_mean.zarr"``. Accumulation is in RAM when the result
-    fits ``memory_limit`` bytes (keyword, default 1 GiB), else in
-    ``filename + "_mean_cache.zarr"`` through a bounded block cache (see
+    fits ``memory_limit`` bytes (keyword, default 1 GiB), else region by region, the
+    partial sums handed over through ``filename + "_mean_cache.zarr"`` (see
     :class:`_SumStore`).
     """
 
@@ -441,8 +379,8 @@ class LargeNCYXQuilt(_LargeQuilt):
 class LargeNCZYXQuilt(_LargeQuilt):
     """Window-by-window tiling of (N, C, Z, Y, X) data with disk-backed blending (qlty API).
 
-    See :class:`LargeNCYXQuilt`; ``memory_limit`` (keyword, bytes) chooses between RAM
-    and the zarr block cache.
+    See :class:`LargeNCYXQuilt`; ``memory_limit`` (keyword, bytes) chooses between one
+    region in RAM and regions handed over through zarr.
     """
 
     _axes = ("Z", "Y", "X")

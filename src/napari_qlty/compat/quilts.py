@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..core.blend import stitch
-from ..core.grid import Grid, per_axis
+from ..core.grid import Grid, band_profile, per_axis
 from ..core.tiles import extract
 from ..core.weights import Weighting, WindowWeights
 
@@ -38,16 +38,8 @@ def _border_weight(border_weight) -> float:
 
 
 def _inside_vectors(window: tuple[int, ...], border: tuple[int, ...] | None) -> list[np.ndarray]:
-    """Per axis: 1 outside the band, 0 in it (on both faces of the window)."""
-    out = []
-    for a, w in enumerate(window):
-        v = np.ones(w)
-        b = border[a] if border else 0
-        if b:
-            v[:b] = 0.0
-            v[w - b :] = 0.0
-        out.append(v)
-    return out
+    """Per axis: 1 outside the band, 0 in it, on both faces of the window (qlty's band)."""
+    return [band_profile(w, border[a] if border else 0) for a, w in enumerate(window)]
 
 
 def _outer_np(vectors: Sequence[np.ndarray]) -> np.ndarray:

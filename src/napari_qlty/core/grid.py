@@ -11,6 +11,7 @@ index ``n * len(grid) + i``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -42,10 +43,52 @@ def per_axis(value: IntOrSeq, ndim: int, name: str) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def parse_per_axis(text: str, name: str, ndim: int | None = None) -> int | tuple[int, ...]:
+    """Typed text as :func:`per_axis` takes it: ``"64"`` -> 64, ``"32, 64, 64"`` (or
+    ``32 x 64 x 64``) -> (32, 64, 64).
+
+    Raises ValueError naming ``name`` (a field or a flag), for the person typing.
+    """
+    parts = [p for p in re.split(r"[,\s;xX×]+", str(text).strip()) if p]
+    if not parts:
+        raise ValueError(f"{name}: enter a number, or one number per axis separated by commas")
+    values = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            raise ValueError(f"{name}: {p!r} is not a number") from None
+        if not v.is_integer():
+            raise ValueError(f"{name}: {p!r} must be a whole number of voxels")
+        values.append(int(v))
+    if len(values) == 1:
+        return values[0]
+    if ndim is not None and len(values) != ndim:
+        raise ValueError(
+            f"{name}: {len(values)} values given but the image has {ndim} axes; "
+            f"give one value for all axes or {ndim} values"
+        )
+    return tuple(values)
+
+
 def axis_origins(size: int, window: int, step: int) -> np.ndarray:
     """Origins along one axis: multiples of ``step``, the last one stepped back."""
     count = math.ceil((size - window) / step) + 1
     return np.minimum(np.arange(count, dtype=np.int64) * step, size - window)
+
+
+def band_profile(size: int, border: int, low_edge: bool = False, high_edge: bool = False) -> np.ndarray:
+    """One axis of a window: 1 outside its border band, 0 in the band.
+
+    A face that lies on the volume's edge has no band: no other window covers its voxels.
+    """
+    inside = np.ones(size)
+    if border:
+        if not low_edge:
+            inside[:border] = 0.0
+        if not high_edge:
+            inside[size - border :] = 0.0
+    return inside
 
 
 @dataclass(frozen=True)
@@ -231,6 +274,20 @@ class Grid:
     def windows(self, n_images: int = 1) -> Iterator[Window]:
         for index in range(n_images * len(self)):
             yield self.window_at(index)
+
+    def inside_spans(self, *, band_on_edges: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per axis, the ``[lo, hi)`` span of every window outside its border band.
+
+        The same band as :func:`band_profile`, in volume coordinates; with
+        ``band_on_edges`` (qlty's convention) faces on the volume's edge keep theirs.
+        """
+        spans = []
+        for origins, w, b in zip(self.axis_origins, self.window, self.border):
+            lo, hi = origins + b, origins + w - b
+            if not band_on_edges:
+                lo[0], hi[-1] = origins[0], origins[-1] + w
+            spans.append((lo, hi))
+        return spans
 
     def touching(self, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
         """Per-image indices of the windows that overlap the box ``[start, stop)``."""

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .grid import Grid
 from .blend import Accumulator, accumulation_dtype, check_patches
+from .grid import Grid
 from .tiles import as_tensor, check_volume, pad_far_end, window_slices
 from .weights import Weighting, WindowWeights, window_weights
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .grid import Grid
+from .grid import Grid, band_profile
 from .tiles import check_indices, extract, extract_lazy
 
 IGNORE = -1
@@ -81,33 +81,14 @@ class TrainingPairs:
         return self.indices // len(self.grid)
 
 
-def inside_bounds(grid: Grid) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per axis, per window: the [lo, hi) span outside the border band.
-
-    Faces on the volume's edge keep no band, as in :mod:`napari_qlty.core.weights`.
-    """
-    bounds = []
-    for origins, w, b in zip(grid.axis_origins, grid.window, grid.border):
-        lo = origins + b
-        hi = origins + w - b
-        lo[0], hi[-1] = origins[0], origins[-1] + w
-        bounds.append((lo, hi))
-    return bounds
-
-
 def band_mask(grid: Grid, position: int) -> torch.Tensor:
     """True in the border band of window ``position`` (per image), except on volume edges."""
-    bounds = inside_bounds(grid)
     k = np.unravel_index(position, grid.counts)
-    inside = torch.ones(grid.window, dtype=torch.bool)
-    for axis, ((lo, hi), origins) in enumerate(zip(bounds, grid.axis_origins)):
-        a, b = int(lo[k[axis]] - origins[k[axis]]), int(hi[k[axis]] - origins[k[axis]])
-        line = torch.zeros(grid.window[axis], dtype=torch.bool)
-        line[a:b] = True
-        shape = [1] * grid.ndim
-        shape[axis] = -1
-        inside = inside & line.view(shape)
-    return ~inside
+    inside = np.ones(())
+    for axis, (w, b) in enumerate(zip(grid.window, grid.border)):
+        line = band_profile(w, b, k[axis] == 0, k[axis] == grid.counts[axis] - 1)
+        inside = np.multiply.outer(inside, line)
+    return torch.from_numpy(inside == 0)
 
 
 def labelled_coordinates(labels, ignore_label) -> tuple[np.ndarray, np.ndarray]:
@@ -136,9 +117,15 @@ def labelled_coordinates(labels, ignore_label) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(coords).astype(np.int64), np.concatenate(values)
 
 
-def labelled_per_window(grid: Grid, coords: np.ndarray, n_images: int) -> np.ndarray:
-    """(n_images * len(grid),) labelled voxels inside each window's band-free span."""
-    bounds = inside_bounds(grid)
+def labelled_per_window(
+    grid: Grid, coords: np.ndarray, n_images: int, *, band_on_edges: bool = False
+) -> np.ndarray:
+    """(n_images * len(grid),) labelled voxels inside each window's band-free span.
+
+    ``coords`` are (P, 1 + ndim), image index first; ``band_on_edges`` as in
+    :meth:`Grid.inside_spans`.
+    """
+    bounds = grid.inside_spans(band_on_edges=band_on_edges)
     counts = np.zeros(n_images * len(grid), dtype=np.int64)
     strides = np.array([int(np.prod(grid.counts[a + 1 :])) for a in range(grid.ndim)])
     # at most this many windows hold a voxel along each axis
@@ -229,6 +216,18 @@ def select_windows(
         labelled_in_kept=int(per_window[kept].sum()),
     )
     return kept, stats
+
+
+def validation_split(count: int, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) positions of ``count`` pairs, reproducible from ``seed``.
+
+    At least one pair is held out when there are two or more; one pair trains alone.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = max(1, int(round(count * fraction))) if count > 1 else 0
+    return order[n_val:], order[:n_val]
 
 
 def cut_pairs(

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .grid import Grid
+from .grid import Grid, band_profile
 
 Mode = Literal["border", "gaussian", "hann", "linear", "map"]
 MODES = ("border", "gaussian", "hann", "linear", "map")
@@ -96,18 +96,11 @@ def profiles(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(taper, inside * taper) for one axis, flattened on faces that lie on the volume edge."""
     t = taper(mode, size, border, sigma)
-    inside = np.ones(size)
-    if border:
-        inside[:border] = 0.0
-        inside[size - border :] = 0.0
-    half_low, half_high = (size + 1) // 2, size // 2
     if low_edge:
-        t[:half_low] = 1.0
-        inside[:half_low] = 1.0
+        t[: (size + 1) // 2] = 1.0
     if high_edge:
-        t[half_high:] = 1.0
-        inside[half_high:] = 1.0
-    return t, inside * t
+        t[size // 2 :] = 1.0
+    return t, band_profile(size, border, low_edge, high_edge) * t
 
 
 def outer(vectors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -22,7 +22,14 @@ import torch
 import zarr
 
 from ..core.grid import Grid
-from ..core.pairs import IGNORE, PairStatistics, as_label_volume, cut_pairs, select_windows
+from ..core.pairs import (
+    IGNORE,
+    PairStatistics,
+    as_label_volume,
+    cut_pairs,
+    select_windows,
+    validation_split,
+)
 from . import formats
 from .formats import ATTRS_KEY, FAST_CODEC, StoreError, canonical
 
@@ -137,12 +144,9 @@ class PairsDataset(torch.utils.data.Dataset):
         return np.asarray(zarr.open_group(self.path, mode="r")["positions"][...])[self.indices]
 
     def split(self, fraction: float = 0.2, seed: int = 0) -> tuple[PairsDataset, PairsDataset]:
-        """A (train, validation) split of the pairs, reproducible from ``seed``."""
-        if not 0 < fraction < 1:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-        order = np.random.default_rng(seed).permutation(self.indices)
-        n_val = max(1, int(round(len(order) * fraction))) if len(order) > 1 else 0
-        return PairsDataset(self.path, order[n_val:]), PairsDataset(self.path, order[:n_val])
+        """A (train, validation) split of the pairs (:func:`~napari_qlty.core.pairs.validation_split`)."""
+        train, val = validation_split(len(self.indices), fraction, seed)
+        return PairsDataset(self.path, self.indices[train]), PairsDataset(self.path, self.indices[val])
 
 
 def read_statistics(path: str | Path) -> dict:

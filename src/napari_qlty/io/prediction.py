@@ -26,6 +26,7 @@ import zarr
 
 from . import formats
 from .formats import ATTRS_KEY, FAST_CODEC, StoreError, canonical, differences
+from .spills import ZarrSpills
 
 FORMAT = formats.PREDICTION
 
@@ -37,6 +38,7 @@ class OutputStore:
         self.path = Path(path)
         self.group = zarr.open_group(str(self.path), mode="r+")
         self.meta = dict(self.group.attrs[ATTRS_KEY])
+        self.spills = ZarrSpills(self.group.require_group("spills"))
 
     # -- opening --------------------------------------------------------------------
     @classmethod
@@ -145,19 +147,6 @@ class OutputStore:
         if "labels" in self.group:
             labels = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
             self.group["labels"][(n, *box)] = labels
-
-    def write_spill(self, key: str, data: torch.Tensor) -> None:
-        arr = self.group.create_array(
-            f"spills/{key}", shape=data.shape, chunks=data.shape, dtype="float32",
-            compressors=None, fill_value=0, overwrite=True,
-        )
-        arr[...] = data.detach().to(torch.float32).cpu().numpy()
-
-    def read_spill(self, key: str) -> torch.Tensor:
-        return torch.from_numpy(np.asarray(self.group[f"spills/{key}"][...]))
-
-    def delete_spill(self, key: str) -> None:
-        shutil.rmtree(self.path / "spills" / key, ignore_errors=True)
 
 
 def read_meta(path: str | Path) -> dict | None:

@@ -15,7 +15,7 @@ from .devices import as_device, is_oom
 from .probes import call_checked, check_model_output, check_output, static_batch
 
 
-def _cpu_available_bytes() -> int:
+def available_host_memory() -> int:
     """MemAvailable from /proc/meminfo, capped by a cgroup limit; sysconf elsewhere."""
     available = None
     try:
@@ -64,16 +64,14 @@ def auto_batch_size(
     start: int = 64,
     *,
     dtype: torch.dtype = torch.float32,
-    safety_factor: float = 16.0,
+    safety_factor: float = 8.0,
 ) -> int:
     """The largest power of 2 <= ``start`` whose batch should fit in memory (at least 1).
 
-    cuda: peak memory is measured at batch 1 and 2 (``max_memory_allocated``), giving a
-    fixed cost and a cost per window, against the free memory (``mem_get_info`` plus
-    torch's cached blocks) or ``budget_bytes``; the result is then tried once and halved on
-    out-of-memory. cpu/mps: a window costs its input and output tensors times
-    ``safety_factor``, against ``budget_bytes`` or half the available memory (cgroup-aware
-    MemAvailable on Linux). A torch.export program with a fixed batch of 1 gives 1.
+    The cost of a window is :func:`window_cost`'s; the budget is ``budget_bytes``, or on
+    cuda the free memory (``mem_get_info`` plus torch's cached blocks), elsewhere half the
+    available memory (cgroup-aware MemAvailable on Linux). On cuda the result is tried once
+    and halved on out-of-memory. A torch.export program with a fixed batch of 1 gives 1.
     """
     if start < 1:
         raise ValueError(f"start must be >= 1, got {start}")
@@ -88,22 +86,11 @@ def auto_batch_size(
             f"the exported program only takes batches of exactly {static}; re-export it with a "
             "dynamic batch, e.g. dynamic_shapes=({0: Dim('batch')},)"
         )
-    voxels = math.prod(window)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if dev.type == "cuda":
-        per_window, fixed, c_out = _measure_cuda(model, in_channels, window, dev, dtype)
-        if per_window is None:  # the model refused a batch of 2
-            return 1
-        if budget_bytes is None:
-            free, _ = torch.cuda.mem_get_info(dev)
-            free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
-            budget_bytes = int(free * 0.9)
-    else:
-        c_out = check_model_output(model, in_channels, window, dev, dtype)
-        per_window = int((in_channels + c_out) * voxels * itemsize * safety_factor)
-        fixed = 0
-        if budget_bytes is None:
-            budget_bytes = _default_budget(dev)
+    per_window, fixed, _ = window_cost(model, in_channels, window, dev, dtype, safety_factor=safety_factor)
+    if per_window is None:  # the model refused a batch of 2
+        return 1
+    if budget_bytes is None:
+        budget_bytes = _default_budget(dev)
     n = (int(budget_bytes) - fixed) // max(per_window, 1)
     n = min(cap, _floor_pow2(n)) if n >= 1 else 1
     if dev.type == "cuda" and n > 1:
@@ -112,6 +99,10 @@ def auto_batch_size(
 
 
 def _default_budget(dev: torch.device) -> int:
+    if dev.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(dev)
+        free += torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        return int(free * 0.9)
     if dev.type == "mps":
         try:
             total = torch.mps.recommended_max_memory()
@@ -119,9 +110,41 @@ def _default_budget(dev: torch.device) -> int:
             return int(max(total - used, 0) * 0.8)
         except (AttributeError, RuntimeError):
             pass
-    return _cpu_available_bytes() // 2
+    return available_host_memory() // 2
 
 
+def window_cost(
+    model: Callable,
+    in_channels: int,
+    window: Sequence[int],
+    device: str | torch.device,
+    dtype: torch.dtype = torch.float32,
+    *,
+    safety_factor: float = 8.0,
+) -> tuple[int | None, int, int]:
+    """``(bytes per window, fixed bytes, C_out)`` of running ``model`` on such windows.
+
+    cuda: measured from the peak allocations at batch 1 and 2 (bytes per window None
+    when the model refuses a batch of 2). cpu/mps: the input and output channels plus
+    one, times ``safety_factor`` for activations, an estimate that is the same on
+    every run (so the same command plans the same regions).
+    """
+    dev = as_device(device)
+    window = tuple(int(w) for w in window)
+    if dev.type == "cuda":
+        return _measure_cuda(model, in_channels, window, dev, dtype)
+    c_out = check_model_output(model, in_channels, window, dev, dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return int((in_channels + c_out + 1) * math.prod(window) * itemsize * safety_factor), 0, c_out
+
+
+def batch_memory(model: Callable, in_channels: int, window: Sequence[int], batch_size: int,
+                 device: str | torch.device, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes one batch of ``batch_size`` windows takes inside ``model`` (see :func:`window_cost`)."""
+    per_window, fixed, c_out = window_cost(model, in_channels, window, device, dtype)
+    if per_window is None:  # only batches of 1 run: count what one window holds
+        per_window = (in_channels + c_out) * math.prod(window) * torch.empty((), dtype=dtype).element_size()
+    return fixed + batch_size * per_window
 def _measure_cuda(model, in_channels, window, dev, dtype):
     """(bytes per window, fixed bytes, C_out) from peak allocations at batch 1 and 2."""
     torch.cuda.synchronize(dev)
@@ -164,8 +187,6 @@ def _confirm_cuda(model, in_channels, window, dev, dtype, n: int) -> int:
         torch.cuda.empty_cache()
         n //= 2
     return 1
-
-
 
 
 _REMEMBERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..core.grid import Grid
 
@@ -120,25 +119,3 @@ def plan_region_size(
         axis = max(shrinkable, key=lambda a: (size[a] / chunks[a], -a))
         size[axis] = max(chunks[axis], (size[axis] // 2) // chunks[axis] * chunks[axis])
     return tuple(size)
-
-
-def batch_bytes(model, channels_in: int, channels_out: int, window: Sequence[int], batch_size: int,
-                device: torch.device) -> int:
-    """Memory one batch takes inside the model.
-
-    CUDA: the peak allocated while one window runs, measured. CPU: an estimate (the
-    window in and out with room for activations, 32 bytes a channel-voxel), not a
-    measurement, so the same command always plans the same regions (and gives the same
-    bytes).
-    """
-    voxels = math.prod(window)
-    estimate = voxels * 4 * (channels_in + channels_out + 1) * 8
-    if device.type != "cuda":
-        return batch_size * estimate
-    x = torch.zeros((1, channels_in, *window), device=device)
-    with torch.no_grad():
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        model(x)
-        measured = torch.cuda.max_memory_allocated(device) - before
-    return batch_size * max(measured, estimate)

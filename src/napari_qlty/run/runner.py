@@ -32,7 +32,8 @@ from ..core.weights import Weighting, WindowWeights
 from ..io.prediction import OutputStore
 from ..io.sources import Source, open_source
 from ..models import ModelSpec, check_model_output, load_model, resolve_device
-from .regions import Regions, batch_bytes, default_chunks, plan_region_size
+from ..models.batching import available_host_memory, batch_memory
+from .regions import Regions, default_chunks, plan_region_size
 from .schedulers import execute
 from .task import POSTPROCESS, Job
 
@@ -70,17 +71,6 @@ def parse_bytes(text: str | int | None) -> int | None:
     if value <= 0:
         raise ValueError(f"memory budget must be > 0, got {text!r}")
     return int(value)
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30
 
 
 def iter_predict(
@@ -142,8 +132,8 @@ def iter_predict(
         raise ValueError("a cluster run needs the model as a file (ModelSpec or path), not an object")
     live_model = load_model(model, dev) if isinstance(model, ModelSpec) else on_device(model, dev)
     channels_out = check_model_output(live_model, src.shape[1], grid.window, dev)
-    budget = parse_bytes(memory_budget) or min(4 << 30, available_memory() // 2)
-    per_batch = batch_bytes(live_model, src.shape[1], channels_out, grid.window, batch_size, dev)
+    budget = parse_bytes(memory_budget) or min(4 << 30, available_host_memory() // 2)
+    per_batch = batch_memory(live_model, src.shape[1], grid.window, batch_size, dev)
     chunks = tuple(chunks) if chunks is not None else default_chunks(grid.shape)
     if len(chunks) != grid.ndim or min(chunks) < 1:
         raise ValueError(f"chunks must be {grid.ndim} positive ints, got {chunks}")

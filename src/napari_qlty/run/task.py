@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from ..core.blend import Accumulator, normalise_
 from ..core.grid import Grid
 from ..core.inference import check_output
 from ..core.tiles import read_region
@@ -17,6 +16,7 @@ from ..core.weights import Weighting, WindowWeights, window_weights
 from ..io.prediction import OutputStore
 from ..io.sources import Source
 from ..models import ModelSpec, load_model, run_with_oom_backoff
+from .handover import RegionSums, finish, release
 from .regions import Regions
 
 POSTPROCESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -60,10 +60,6 @@ def _weights(job: Job) -> WindowWeights:
         return _map_weights[job.token]
 
 
-def spill_key(n: int, sender: Sequence[int], receiver: Sequence[int]) -> str:
-    return f"n{n}_" + "_".join(map(str, sender)) + "_to_" + "_".join(map(str, receiver))
-
-
 def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | None = None) -> int:
     """Compute, hand over and finish one region of one image; returns windows run."""
     n, r = task[0], task[1:]
@@ -72,10 +68,9 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
     store = OutputStore(job.store_path)
     weights = _weights(job)
     device = torch.device(job.device)
-    start, stop = regions.bounds(r)
     box_start, box_stop = regions.box(r)
     positions = regions.owned(r)
-    acc = Accumulator(weights, 1, job.channels_out, start=box_start, stop=box_stop, device=device)
+    sums = RegionSums(regions, weights, n, r, job.channels_out, device=device)
     if positions.size:
         model = load_model(job.model, device) if isinstance(job.model, (ModelSpec, str)) else job.model
         post = POSTPROCESS[job.postprocess] if job.postprocess else None
@@ -94,25 +89,13 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
                 check_output(out, batch, grid)
                 if post is not None:
                     out = post(out)
-                acc.add(out, chunk)
+                sums.add(out, chunk)
         del x
-    sums = acc.sum
-    for receiver in regions.receivers(r):
-        a, b = regions.overlap(r, receiver)
-        part = sums[(0, slice(None), *(slice(lo - s, hi - s) for lo, hi, s in zip(a, b, box_start)))]
-        store.write_spill(spill_key(n, r, receiver), part)
-    core = sums[(0, slice(None), *(slice(0, b - a) for a, b in zip(start, stop)))]
-    senders = regions.senders(r)
-    for sender in senders:
-        a, b = regions.overlap(sender, r)
-        target = core[(slice(None), *(slice(lo - s, hi - s) for lo, hi, s in zip(a, b, start)))]
-        target += store.read_spill(spill_key(n, sender, r)).to(device=device, dtype=core.dtype)
-    final = normalise_(core.unsqueeze(0), weights, start)[0]
-    keep = tuple(slice(0, max(0, min(b, s) - a)) for a, b, s in zip(start, stop, grid.shape))
-    store.write_region(n, start, final[(slice(None), *keep)])
+    core = sums.hand_over(store.spills)
+    final = finish(regions, weights, store.spills, n, r, core)
+    store.write_region(n, regions.bounds(r)[0], final)
     store.mark_finished(task)
-    for sender in senders:
-        store.delete_spill(spill_key(n, sender, r))
+    release(regions, store.spills, n, r)
     return int(positions.size)
 
 

@@ -1,20 +1,16 @@
-"""What every napari-qlty widget shares: layer pickers that follow the viewer, a status
-line, and a shared memory of the last grid parameters."""
+"""What every napari-qlty widget shares: layer pickers that follow the viewer, timers
+that die with the widget, and a status line."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import ComboBox, Container, Label, PushButton
+from magicgui.widgets import ComboBox, Container, Label, TextEdit
 
 from .._common import ERROR_STYLE, OK_STYLE
 
 if TYPE_CHECKING:
     import napari
-
-#: the grid parameters last shown by the grid preview: {"window": str, "step": str, "border": str}
-LAST_GRID: dict[str, str] = {}
-
 
 def layer_choices(viewer, layer_type, optional: bool = False):
     """A ``choices`` callable for a ComboBox: the viewer's layers of ``layer_type``."""
@@ -123,21 +119,24 @@ def set_status(label: Label, text: str, error: bool = False) -> None:
     label.tooltip = text if error else ""
 
 
+def hint_label() -> Label:
+    """A small wrapping line under a field (e.g. the default path it will use)."""
+    label = Label(value="")
+    label.native.setWordWrap(True)
+    return label
+
+
+def report_box(min_height: int = 190) -> TextEdit:
+    """A read-only, unwrapped, monospace text box for tables (copyable)."""
+    box = TextEdit(value="")
+    box.native.setReadOnly(True)
+    box.native.setLineWrapMode(box.native.LineWrapMode.NoWrap)
+    box.native.setMinimumHeight(min_height)
+    monospace(box)
+    return box
+
+
 def monospace(widget) -> None:
     from qtpy.QtGui import QFontDatabase
 
     widget.native.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-
-
-def grid_button(target) -> PushButton:
-    """A button copying the grid preview's last window, step and border into ``target``."""
-    button = PushButton(text="Use grid preview settings")
-    button.tooltip = "Copy window, step and border from the Grid preview widget"
-
-    def copy() -> None:
-        for name in ("window", "step", "border"):
-            if name in LAST_GRID:
-                getattr(target, f"{name}_edit").value = LAST_GRID[name]
-
-    button.changed.connect(copy)
-    return button

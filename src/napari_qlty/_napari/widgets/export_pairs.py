@@ -9,30 +9,43 @@ engine's classes 0.. with -1 = unlabelled.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, Container, FileEdit, Label, LineEdit, ProgressBar, PushButton, SpinBox, TextEdit
-from napari.layers import Image, Labels
+from magicgui.widgets import (
+    CheckBox,
+    Container,
+    FileEdit,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 
+from ...io.labels_store import class_names
 from ...io.pairs_store import export_pairs
-from ...core.grid import Grid
 from ...io.sources import open_source
-from .._qt.base import ViewerWidget, form, grid_button, monospace, set_status, status_label
 from .._common import (
-    Failed,
     TrainingLabels,
     default_path,
     error_text,
     format_duration,
     level0,
     notify_error,
-    parse_per_axis,
     resolve_path,
     source_axes,
     spatial_shape,
     thousands,
 )
-from ...io.labels_store import class_names
+from .._qt.base import (
+    ViewerWidget,
+    form,
+    hint_label,
+    report_box,
+    set_status,
+    status_label,
+)
+from .._qt.tasks import BackgroundTask
+from ..fields import GridFields
 
 if TYPE_CHECKING:
     import napari
@@ -43,24 +56,19 @@ class ExportWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=False)
-        self.image_combo = self.layer_combo(Image, "image", tooltip="The image to cut into windows")
-        self.labels_combo = self.layer_combo(
-            Labels, "labels", tooltip="Sparse labels of the image (0 = unlabelled, 1.. = classes)"
+        self.fields = GridFields(
+            self, labels="required", image_tip="The image to cut into windows",
+            tips={"border": "Labels in this band at each window's edge are marked unobserved"},
         )
-        self.window_edit = LineEdit(value="64", label="window", tooltip="Window size: one number, or one per axis")
-        self.step_edit = LineEdit(value="48", label="step", tooltip="Distance between windows: one number, or one per axis")
-        self.border_edit = LineEdit(
-            value="8", label="border",
-            tooltip="Labels in this band at each window's edge are marked unobserved (-1)",
-        )
-        self.copy_grid = grid_button(self)
+        f = self.fields
+        self.image_combo, self.labels_combo = f.image_combo, f.labels_combo
+        self.window_edit, self.step_edit, self.border_edit = f.edits
         self.min_labelled_spin = SpinBox(
             value=1, min=1, max=1_000_000_000, label="min labelled",
             tooltip="Keep windows with at least this many labelled voxels (outside the border band)",
         )
         self.path_edit = FileEdit(mode="w", label="save to", filter="*.zarr", tooltip="Output folder (.zarr)")
-        self.path_hint = Label(value="")
-        self.path_hint.native.setWordWrap(True)
+        self.path_hint = hint_label()
         self.overwrite_check = CheckBox(value=False, text="replace an existing export at this path")
         self.run_button = PushButton(text="Export")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -68,24 +76,20 @@ class ExportWidget(ViewerWidget):
         buttons.margins = (0, 0, 0, 0)
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = status_label()
-        self.summary = TextEdit(value="")
-        self.summary.native.setReadOnly(True)
-        self.summary.native.setLineWrapMode(self.summary.native.LineWrapMode.NoWrap)
-        self.summary.native.setMinimumHeight(190)
-        monospace(self.summary)
+        self.summary = report_box()
         self.extend([
-            form(self.image_combo, self.labels_combo, self.copy_grid, self.window_edit, self.step_edit,
-                 self.border_edit, self.min_labelled_spin, self.path_edit, self.path_hint),
+            form(*f.widgets, self.min_labelled_spin, self.path_edit, self.path_hint),
             self.overwrite_check, buttons, self.progress, self.status, self.summary,
         ])
 
-        self.worker = None
+        self.task = BackgroundTask(
+            self, self.run_button, self.cancel_button,
+            on_yield=self._on_progress, on_return=self._on_returned, on_error=self._fail,
+            on_cancel=self._on_cancelled,
+        )
         #: the last export's statistics and path (None until one completes)
         self.stats = None
         self.path = None
-        #: "done", "cancelled", "error" or None
-        self.outcome: str | None = None
-        self._cancel_requested = False
         self._names: dict[int, str] = {}
 
         self.run_button.changed.connect(self.run)
@@ -103,7 +107,16 @@ class ExportWidget(ViewerWidget):
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.task.running
+
+    @property
+    def worker(self):
+        return self.task.worker
+
+    @property
+    def outcome(self) -> str | None:
+        """"done", "cancelled", "error" or None."""
+        return self.task.outcome
 
     # -- running --------------------------------------------------------------------------
     def run(self, *_) -> None:
@@ -113,22 +126,12 @@ class ExportWidget(ViewerWidget):
         try:
             job = self._prepare()
         except Exception as e:
-            self._fail(e)
+            self.task.fail(e)
             return
-        from napari.qt.threading import create_worker
-
-        self.outcome = None
-        self._cancel_requested = False
         self.summary.value = ""
         self.progress.max, self.progress.value = 1, 0
         set_status(self.status, "Selecting windows with labels…")
-        self.worker = create_worker(self._work, *job, _start_thread=False)
-        self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._fail)
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.worker.start()
+        self.task.start(self._work, *job)
 
     def _prepare(self):
         image, labels = self.image_combo.value, self.labels_combo.value
@@ -138,38 +141,28 @@ class ExportWidget(ViewerWidget):
         label_data = level0(labels)
         if tuple(label_data.shape) != shape:
             raise ValueError(f"labels {tuple(label_data.shape)} and image {shape} differ in shape")
-        grid = Grid(
-            shape,
-            parse_per_axis(self.window_edit.value, "window", len(shape)),
-            parse_per_axis(self.step_edit.value, "step", len(shape)),
-            parse_per_axis(self.border_edit.value, "border", len(shape)),
-        )
+        grid = self.fields.grid(shape)
         path = resolve_path(self.path_edit.value, image.name, "pairs")
         source = open_source(level0(image), axes=source_axes(image))
         self._names = class_names(labels)
         return source, TrainingLabels(label_data), grid, path, int(self.min_labelled_spin.value), bool(self.overwrite_check.value)
 
     def _work(self, source, labels, grid, path, min_labelled, overwrite):
-        import time
-
         t0 = time.perf_counter()
         last = None
-        try:
-            for written, total, stats in export_pairs(
-                source, labels, grid, path, min_labelled=min_labelled, overwrite=overwrite,
-                cancelled=lambda: self._cancel_requested,
-            ):
-                last = (written, total, stats)
-                yield written, total, stats, time.perf_counter() - t0
-        except Exception as e:  # handed to the GUI thread, shown there
-            return Failed(e)
+        for written, total, stats in export_pairs(
+            source, labels, grid, path, min_labelled=min_labelled, overwrite=overwrite,
+            cancelled=self.task.cancel_requested.is_set,
+        ):
+            last = (written, total, stats)
+            yield written, total, stats, time.perf_counter() - t0
         complete = last is not None and last[0] == last[1] and path.exists()
         return complete, (last[2] if last else None), path, time.perf_counter() - t0
 
     def cancel(self, *_) -> None:
         """Stop after the current batch; the partial export is removed."""
         if self.running:
-            self._cancel_requested = True
+            self.task.cancel_requested.set()
             set_status(self.status, "Cancelling after the current batch…")
 
     # -- results ----------------------------------------------------------------------------
@@ -184,16 +177,15 @@ class ExportWidget(ViewerWidget):
             + (f" · about {format_duration(left)} left" if written < total else ""),
         )
 
+    def _on_cancelled(self) -> None:
+        set_status(self.status, "Cancelled: nothing was written (the partial export was removed).")
+
     def _on_returned(self, result) -> None:
-        if isinstance(result, Failed):
-            self._fail(result.error)
-            return
         complete, stats, path, elapsed = result
-        if not complete:
-            self.outcome = "cancelled"
-            set_status(self.status, "Cancelled: nothing was written (the partial export was removed).")
+        if not complete:  # export_pairs stopped early: only a cancel does that
+            self._on_cancelled()
             return
-        self.outcome, self.stats, self.path = "done", stats, path
+        self.stats, self.path = stats, path
         self.progress.max = max(1, stats.kept_windows)
         self.progress.value = stats.kept_windows
         set_status(
@@ -207,10 +199,5 @@ class ExportWidget(ViewerWidget):
         self.summary.value = stats.table() + ("\n\n" + mapping if mapping else "")
 
     def _fail(self, exc) -> None:
-        self.outcome = "error"
         set_status(self.status, f"Export failed: {error_text(exc)}", error=True)
         notify_error(exc)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False

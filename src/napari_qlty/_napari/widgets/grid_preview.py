@@ -13,28 +13,28 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FloatSpinBox, LineEdit, SpinBox
-from napari.layers import Image, Labels
-from vispy.color import Color
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, SpinBox
+from napari.layers import Labels
+from napari.utils.colormaps.standardize_color import transform_color
 
-from ...core.pairs import select_windows
 from ...core.grid import Grid
+from ...core.pairs import select_windows
 from ...core.weights import Weighting, WindowWeights
-from .._qt.base import LAST_GRID, ViewerWidget, form, monospace, set_status, status_label
+from ...io.labels_store import class_names
 from .._common import (
-    Failed,
     DROPPED_COLOR,
     SEAM_COLOR,
     WINDOW_COLORS,
+    Failed,
     TrainingLabels,
     error_text,
     join_counts,
     level0,
-    parse_per_axis,
     spatial_shape,
     thousands,
 )
-from ...io.labels_store import class_names
+from .._qt.base import ViewerWidget, form, monospace, set_status, status_label
+from ..fields import GridFields
 
 if TYPE_CHECKING:
     import napari
@@ -50,19 +50,9 @@ class GridPreviewWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=False)
-        self.image_combo = self.layer_combo(Image, "image", tooltip="The volume to tile (only its shape is used)")
-        self.window_edit = LineEdit(
-            value="64", label="window",
-            tooltip="Window size in voxels: one number for all axes, or one per axis (z, y, x)",
-        )
-        self.step_edit = LineEdit(
-            value="48", label="step",
-            tooltip="Distance between neighbouring windows; step < window makes them overlap",
-        )
-        self.border_edit = LineEdit(
-            value="8", label="border",
-            tooltip="Band at each window's edge whose predictions are trusted less",
-        )
+        self.fields = GridFields(self, copy=False, image_tip="The volume to tile (only its shape is used)")
+        self.image_combo = self.fields.image_combo
+        self.window_edit, self.step_edit, self.border_edit = self.fields.edits
         self.border_weight_spin = FloatSpinBox(
             value=1.0, min=0.0, max=1.0, step=0.05, label="border weight",
             tooltip="Weight of the border band when windows are blended (0: ignored, 1: full)",
@@ -82,8 +72,7 @@ class GridPreviewWidget(ViewerWidget):
         self.summary_label = status_label()
         monospace(self.summary_label)
         self.extend([
-            form(self.image_combo, self.window_edit, self.step_edit, self.border_edit,
-                 self.border_weight_spin, self.labels_combo, self.min_labelled_spin),
+            form(*self.fields.widgets, self.border_weight_spin, self.labels_combo, self.min_labelled_spin),
             toggles, self.summary_label,
         ])
 
@@ -141,12 +130,7 @@ class GridPreviewWidget(ViewerWidget):
             return
         shape = spatial_shape(image)
         try:
-            grid = Grid(
-                shape,
-                parse_per_axis(self.window_edit.value, "window", len(shape)),
-                parse_per_axis(self.step_edit.value, "step", len(shape)),
-                parse_per_axis(self.border_edit.value, "border", len(shape)),
-            )
+            grid = self.fields.grid(shape)
         except (ValueError, TypeError) as e:
             self.grid = None
             self._clear_shapes()
@@ -160,7 +144,7 @@ class GridPreviewWidget(ViewerWidget):
         if grid != self.grid:
             self.kept, self.stats = None, None
         self.grid = grid
-        LAST_GRID.update(window=self.window_edit.value, step=self.step_edit.value, border=self.border_edit.value)
+        self.fields.remember()
         self._start_selection(grid)
         self._draw(image, grid)
         self._write_summary(image, grid)
@@ -393,7 +377,7 @@ class GridPreviewWidget(ViewerWidget):
 
 
 def to_rgba(color) -> tuple[float, float, float, float]:
-    return tuple(float(c) for c in Color(color).rgba)
+    return tuple(float(c) for c in transform_color(color)[0])
 
 
 def _checker(grid: Grid, i: int) -> int:

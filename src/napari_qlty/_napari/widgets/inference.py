@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import math
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,22 +25,17 @@ from magicgui.widgets import (
     Container,
     FileEdit,
     FloatSpinBox,
-    Label,
     LineEdit,
     ProgressBar,
     PushButton,
     SpinBox,
 )
-from napari.layers import Image
 
-from ...core.grid import Grid
+from ...core.weights import Weighting
+from ...io.sources import open_source
 from ...models import ModelSpec, load_model, resolve_device
 from ...run import Cancelled, iter_predict
-from ...io.sources import open_source
-from ...core.weights import Weighting
-from .._qt.base import ViewerWidget, form, grid_button, set_status, status_label
 from .._common import (
-    Failed,
     ChannelView,
     default_path,
     error_text,
@@ -49,13 +43,15 @@ from .._common import (
     level0,
     notify_error,
     parse_optional_per_axis,
-    parse_per_axis,
     resolve_path,
     source_axes,
     spatial_shape,
     thousands,
 )
+from .._qt.base import ViewerWidget, form, hint_label, set_status, status_label
+from .._qt.tasks import BackgroundTask
 from .._registry import REGISTRY
+from ..fields import GridFields
 
 if TYPE_CHECKING:
     import napari
@@ -76,7 +72,10 @@ class InferenceWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=False)
-        self.image_combo = self.layer_combo(Image, "image", tooltip="The image to predict")
+        self.fields = GridFields(self, window="64", step="48", border="8", image_tip="The image to predict")
+        f = self.fields
+        self.image_combo = f.image_combo
+        self.window_edit, self.step_edit, self.border_edit = f.edits
         self.model_combo = ComboBox(
             label="model", choices=self._model_choices,
             tooltip="A model file, or a model another widget made in this session",
@@ -92,10 +91,6 @@ class InferenceWidget(ViewerWidget):
         )
         self.device_combo = ComboBox(choices=DEVICES, value="auto", label="device")
         self.batch_spin = SpinBox(value=4, min=1, max=4096, label="batch size", tooltip="Windows per model call")
-        self.copy_grid = grid_button(self)
-        self.window_edit = LineEdit(value="64", label="window", tooltip="One number, or one per axis")
-        self.step_edit = LineEdit(value="48", label="step", tooltip="One number, or one per axis")
-        self.border_edit = LineEdit(value="8", label="border", tooltip="One number, or one per axis")
         self.weighting_combo = ComboBox(
             choices=WEIGHTINGS, value="border", label="weighting",
             tooltip="How overlapping windows are blended: border (flat, border band down-weighted), "
@@ -117,8 +112,7 @@ class InferenceWidget(ViewerWidget):
         )
         outputs.margins = (0, 0, 0, 0)
         self.output_edit = FileEdit(mode="w", label="save to", filter="*.zarr", tooltip="Output folder (.zarr)")
-        self.output_hint = Label(value="")
-        self.output_hint.native.setWordWrap(True)
+        self.output_hint = hint_label()
         self.overwrite_check = CheckBox(
             value=False, text="replace a result made with other parameters",
         )
@@ -145,17 +139,17 @@ class InferenceWidget(ViewerWidget):
         self.status = status_label()
         self.extend([
             form(self.image_combo, self.model_combo, self.model_path, self.factory_edit, self.device_combo,
-                 self.batch_spin, self.copy_grid, self.window_edit, self.step_edit, self.border_edit,
-                 self.weighting_combo, self.border_weight_spin, self.postprocess_combo, outputs,
+                 self.batch_spin, f.copy_button, *f.edits, self.weighting_combo, self.border_weight_spin, self.postprocess_combo, outputs,
                  self.output_edit, self.output_hint, self.memory_edit, self.chunks_edit,
                  self.region_edit),
             self.overwrite_check, buttons, self.progress, self.status,
         ])
 
-        self.worker = None
-        self._cancel_requested = threading.Event()
-        #: "done", "cancelled", "error" or None; the last event seen
-        self.outcome: str | None = None
+        self.task = BackgroundTask(
+            self, self.run_button, self.cancel_button,
+            on_yield=self._on_event, on_return=self._on_returned, on_error=self._fail,
+            on_cancel=self._on_aborted,
+        )
         self.last_event = None
         self.events_seen: list = []
         #: the output folder of the current / last run, and the layers reading it
@@ -205,7 +199,16 @@ class InferenceWidget(ViewerWidget):
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.task.running
+
+    @property
+    def worker(self):
+        return self.task.worker
+
+    @property
+    def outcome(self) -> str | None:
+        """"done", "cancelled", "error" or None."""
+        return self.task.outcome
 
     # -- running ------------------------------------------------------------------------------
     def run(self, *_) -> None:
@@ -215,21 +218,12 @@ class InferenceWidget(ViewerWidget):
         try:
             args, kwargs = self._prepare()
         except Exception as e:
-            self._fail(e)
+            self.task.fail(e)
             return
-        from napari.qt.threading import create_worker
-
-        self.outcome, self.last_event, self.events_seen = None, None, []
+        self.last_event, self.events_seen = None, []
         self.progress.max, self.progress.value = 1, 0
         set_status(self.status, "Loading the model and checking it on one window…")
-        self.worker = create_worker(_relay, *args, _start_thread=False, **kwargs)
-        self.worker.yielded.connect(self._on_event)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._fail)
-        self.worker.aborted.connect(self._on_aborted)
-        self.worker.finished.connect(self._on_finished)
-        self.run_button.enabled, self.cancel_button.enabled = False, True
-        self.worker.start()
+        self.task.start(_relay, *args, **kwargs)
 
     def _prepare(self):
         image = self.image_combo.value
@@ -237,12 +231,7 @@ class InferenceWidget(ViewerWidget):
             raise ValueError("choose an image layer")
         shape = spatial_shape(image)
         ndim = len(shape)
-        grid = Grid(
-            shape,
-            parse_per_axis(self.window_edit.value, "window", ndim),
-            parse_per_axis(self.step_edit.value, "step", ndim),
-            parse_per_axis(self.border_edit.value, "border", ndim),
-        )
+        grid = self.fields.grid(shape)
         weighting = Weighting(self.weighting_combo.value, border_weight=float(self.border_weight_spin.value))
         if not (self.probabilities_check.value or self.labels_check.value):
             raise ValueError("tick probabilities, labels or both")
@@ -263,9 +252,8 @@ class InferenceWidget(ViewerWidget):
             memory_budget=self.memory_edit.value.strip() or None,
             chunks=parse_optional_per_axis(self.chunks_edit.value, "chunk size", ndim),
             region=parse_optional_per_axis(self.region_edit.value, "region size", ndim),
-            cancelled=self._cancel_requested.is_set,
+            cancelled=self.task.cancel_requested.is_set,
         )
-        self._cancel_requested.clear()
         if self.path != path:
             self.probability_layer = self.labels_layer = None
         self.path, self._image = path, image
@@ -295,9 +283,8 @@ class InferenceWidget(ViewerWidget):
 
     def cancel(self, *_) -> None:
         """Stop after the batch in progress; Run with the same parameters resumes."""
-        if self.worker is not None:
-            self._cancel_requested.set()
-            self.worker.quit()
+        if self.running:
+            self.task.cancel()
             set_status(self.status, "Cancelling after the batch in progress…")
 
     # -- events -------------------------------------------------------------------------------
@@ -317,7 +304,6 @@ class InferenceWidget(ViewerWidget):
         self.progress.max = max(1, event.windows_total + event.regions_total)
         self.progress.value = event.windows_done + event.regions_done
         if event.kind == "done":
-            self.outcome = "done"
             self._finish_contrast()
             set_status(
                 self.status,
@@ -389,7 +375,6 @@ class InferenceWidget(ViewerWidget):
             layer.contrast_limits = (lo, hi)
 
     def _on_aborted(self) -> None:
-        self.outcome = "cancelled"
         e = self.last_event
         done = f" after {e.regions_done} of {e.regions_total} regions" if e is not None else ""
         set_status(
@@ -399,32 +384,19 @@ class InferenceWidget(ViewerWidget):
         )
 
     def _on_returned(self, result) -> None:
-        if isinstance(result, Failed):
-            self._fail(result.error)
-        elif result is None and self._cancel_requested.is_set():  # stopped inside a region
-            self._on_aborted()
+        """The run ended; its "done" event has been shown."""
 
     def _fail(self, exc) -> None:
-        self.outcome = "error"
         set_status(self.status, f"Prediction failed: {error_text(exc)}", error=True)
         notify_error(exc)
 
-    def _on_finished(self) -> None:
-        if self.outcome is None and self._cancel_requested.is_set():
-            self._on_aborted()  # however the worker's signals were ordered, a cancel is a cancel
-        self.worker = None
-        self.run_button.enabled, self.cancel_button.enabled = True, False
-
 
 def _relay(model, source, grid, path, **kwargs):
-    """The worker's generator: the engine's events, one by one (quit() stops between them);
-    an error is returned, not raised, and shown by the widget."""
+    """The job: the engine's events, one by one (a cancel stops between them)."""
     t0 = time.perf_counter()
     try:
         for event in iter_predict(model, source, grid, path, **kwargs):
             yield event
     except Cancelled:
-        return None  # the widget reports the cancel (aborted)
-    except Exception as e:  # handed to the GUI thread, shown there
-        return Failed(e)
+        return None  # reported as a cancel
     return time.perf_counter() - t0

@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import FileEdit, LineEdit, PushButton
 from napari.layers import Image, Labels
 
 from ...io import labels_store as store
-from .._qt.base import ViewerWidget, form, monospace, set_status, status_label
-from .._common import Failed, default_path, error_text, level0, notify_error, resolve_path, spatial_shape, thousands
+from .._common import (
+    Failed,
+    default_path,
+    error_text,
+    level0,
+    notify_error,
+    resolve_path,
+    spatial_shape,
+    thousands,
+)
+from .._qt.base import ViewerWidget, form, hint_label, monospace, set_status, status_label
 
 if TYPE_CHECKING:
     import napari
@@ -44,8 +53,7 @@ class LabellingWidget(ViewerWidget):
             tooltip="Folder (.zarr) where the labels are saved as you paint. "
                     "An existing napari-qlty labels folder is reopened.",
         )
-        self.path_hint = Label(value="")
-        self.path_hint.native.setWordWrap(True)
+        self.path_hint = hint_label()
         self.create_button = PushButton(text="Create labels layer")
         self.recount_button = PushButton(text="Recount")
         self.counts_label = status_label()

@@ -14,21 +14,20 @@ import threading
 from typing import TYPE_CHECKING
 
 from magicgui.widgets import Container, FloatSpinBox, LineEdit, ProgressBar, PushButton
-from napari.layers import Image, Labels
 
-from .._qt.base import ViewerWidget, form, grid_button, set_status, status_label
 from .._common import (
-    Failed,
     TrainingLabels,
     error_text,
     format_duration,
     level0,
     notify_error,
-    parse_per_axis,
     spatial_shape,
     thousands,
 )
+from .._qt.base import ViewerWidget, form, set_status, status_label
+from .._qt.tasks import BackgroundTask
 from .._registry import register_model
+from ..fields import GridFields
 
 if TYPE_CHECKING:
     import napari
@@ -39,14 +38,13 @@ class TrainWidget(ViewerWidget):
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, labels=False)
-        self.image_combo = self.layer_combo(Image, "image", tooltip="The image to learn from")
-        self.labels_combo = self.layer_combo(
-            Labels, "labels", tooltip="Sparse labels of the image (0 = unlabelled, 1.. = classes)"
+        self.fields = GridFields(
+            self, window="64", step="32", border="0", labels="required", image_tip="The image to learn from",
+            tips={"border": "Labels in this band at each window's edge are ignored"},
         )
-        self.window_edit = LineEdit(value="64", label="window", tooltip="Window size: one number, or one per axis")
-        self.step_edit = LineEdit(value="32", label="step", tooltip="Distance between windows: one number, or one per axis")
-        self.border_edit = LineEdit(value="0", label="border", tooltip="Labels in this band at each window's edge are ignored")
-        self.copy_grid = grid_button(self)
+        f = self.fields
+        self.image_combo, self.labels_combo = f.image_combo, f.labels_combo
+        self.window_edit, self.step_edit, self.border_edit = f.edits
         self.seconds_spin = FloatSpinBox(
             value=60.0, min=1.0, max=7 * 24 * 3600.0, step=10.0, label="time budget (s)",
             tooltip="Training stops after this many seconds",
@@ -60,12 +58,16 @@ class TrainWidget(ViewerWidget):
         self.metrics = status_label()
         self.status = status_label()
         self.extend([
-            form(self.image_combo, self.labels_combo, self.copy_grid, self.window_edit, self.step_edit,
-                 self.border_edit, self.seconds_spin, self.name_edit),
+            form(*f.widgets, self.seconds_spin, self.name_edit),
             buttons, self.progress, self.metrics, self.status,
         ])
 
-        self.worker = None
+        self.task = BackgroundTask(
+            self, self.train_button, self.stop_button,
+            on_yield=self._on_event, on_return=self._on_returned, on_error=self._fail,
+        )
+        #: Stop ends training early and keeps the model (a cancel, as when the dock closes, drops it)
+        self._stop = threading.Event()
         #: options passed to TrainConfig on top of the widget's (tests use a tiny network)
         self.config_overrides: dict = {}
         #: "done", "stopped", "error" or None
@@ -74,7 +76,6 @@ class TrainWidget(ViewerWidget):
         self.model_name: str | None = None
         self.last_event = None
         self.events_seen: list[str] = []
-        self._stop = threading.Event()
         self._budget = 60.0
         self._loss = None
         self._f1 = None
@@ -84,7 +85,11 @@ class TrainWidget(ViewerWidget):
 
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        return self.task.running
+
+    @property
+    def worker(self):
+        return self.task.worker
 
     # -- running --------------------------------------------------------------------------
     def run(self, *_) -> None:
@@ -94,10 +99,8 @@ class TrainWidget(ViewerWidget):
         try:
             job = self._prepare()
         except Exception as e:
-            self._fail(e)
+            self.task.fail(e)
             return
-        from napari.qt.threading import thread_worker
-
         self.outcome, self.model, self.last_event = None, None, None
         self.events_seen = []
         self._loss = self._f1 = None
@@ -105,18 +108,11 @@ class TrainWidget(ViewerWidget):
         self.progress.value = 0
         self.metrics.value = ""
         set_status(self.status, "Cutting training pairs…")
-        self.worker = thread_worker(self._work, start_thread=False)(*job)
-        self.worker.yielded.connect(self._on_event)
-        self.worker.returned.connect(self._on_returned)
-        self.worker.errored.connect(self._fail)
-        self.worker.finished.connect(self._on_finished)
-        self.train_button.enabled, self.stop_button.enabled = False, True
-        self.worker.start()
+        self.task.start(self._work, *job)
 
     def _prepare(self):
         import numpy as np
 
-        from ...core.grid import Grid
         from ...train.trainer import TrainConfig
 
         image, labels = self.image_combo.value, self.labels_combo.value
@@ -130,13 +126,11 @@ class TrainWidget(ViewerWidget):
             raise ValueError(f"labels {tuple(label_data.shape)} and image {shape} differ in shape")
         if len(shape) not in (2, 3):
             raise ValueError(f"the image has {len(shape)} axes; training takes 2D or 3D images")
-        window = parse_per_axis(self.window_edit.value, "window", len(shape))
-        step = parse_per_axis(self.step_edit.value, "step", len(shape))
-        border = parse_per_axis(self.border_edit.value, "border", len(shape))
+        window, _step, _border = self.fields.values(len(shape))
         windows = (window,) * len(shape) if isinstance(window, int) else window
         if any(w > s for w, s in zip(windows, shape)):
             raise ValueError(f"window {windows} is larger than the image {shape}")
-        grid = Grid(shape, window, step, border)
+        grid = self.fields.grid(shape)
         classes = int(np.asarray(label_data).max())
         if classes < 1:
             raise ValueError(f"labels layer {labels.name!r} has no labels (paint some with values 1, 2, …)")
@@ -155,32 +149,26 @@ class TrainWidget(ViewerWidget):
         import numpy as np
         import torch
 
-        from ...core.pairs import clean_pairs
+        from ...core.pairs import clean_pairs, validation_split
         from ...train.trainer import build_model, iter_train
 
-        try:
-            image = torch.from_numpy(np.asarray(image_data, dtype=np.float32))[None, None]
-            label_arr = torch.from_numpy(np.asarray(labels[:]))
-            pairs = clean_pairs(image, label_arr, grid)
-            n = len(pairs)
-            if n == 0:
-                raise ValueError("no window holds labels: paint some, or use a smaller window")
-            yield ("pairs", n)
-            if n >= 2:
-                n_val = max(1, n // 5)
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
-                val_idx, train_idx = order[:n_val], order[n_val:]
-                train = (pairs.images[train_idx], pairs.labels[train_idx])
-                val = (pairs.images[val_idx], pairs.labels[val_idx])
-            else:
-                train, val = (pairs.images, pairs.labels), None
-            model = build_model(config, grid.ndim)
-            last = None
-            for event in iter_train(config, train, val, model=model, stop=self._stop):
-                last = event
-                yield ("event", event)
-        except Exception as e:  # handed to the GUI thread, shown there
-            return Failed(e)
+        image = torch.from_numpy(np.asarray(image_data, dtype=np.float32))[None, None]
+        label_arr = torch.from_numpy(np.asarray(labels[:]))
+        pairs = clean_pairs(image, label_arr, grid)
+        n = len(pairs)
+        if n == 0:
+            raise ValueError("no window holds labels: paint some, or use a smaller window")
+        yield ("pairs", n)
+        train_idx, val_idx = validation_split(n, 0.2, config.seed)
+        train = (pairs.images[train_idx], pairs.labels[train_idx])
+        val = (pairs.images[val_idx], pairs.labels[val_idx]) if len(val_idx) else None
+        model = build_model(config, grid.ndim)
+        last = None
+        cancel = self.task.cancel_requested
+        for event in iter_train(config, train, val, model=model,
+                                stop=lambda: self._stop.is_set() or cancel.is_set()):
+            last = event
+            yield ("event", event)
         return model.eval(), last, name
 
     def stop(self, *_) -> None:
@@ -214,26 +202,20 @@ class TrainWidget(ViewerWidget):
             set_status(self.status, f"Training: {event.message}")
 
     def _on_returned(self, result) -> None:
-        if isinstance(result, Failed):
-            self._fail(result.error)
-            return
         model, last, name = result
+        stopped = self._stop.is_set()
         try:
             register_model(name, model)
         except Exception as e:
             self._fail(e)
             return
         self.model, self.model_name = model, name
-        self.outcome = "stopped" if self._stop.is_set() else "done"
+        self.outcome = "stopped" if stopped else "done"
         self.progress.value = self.progress.max
-        how = "stopped" if self.outcome == "stopped" else (last.message or "done") if last else "done"
+        how = "stopped" if stopped else (last.message or "done") if last else "done"
         set_status(self.status, f"Training {how}: model '{name}' is ready in Tiled inference")
 
     def _fail(self, exc) -> None:
         self.outcome = "error"
         set_status(self.status, f"Training failed: {error_text(exc)}", error=True)
         notify_error(exc)
-
-    def _on_finished(self) -> None:
-        self.worker = None
-        self.train_button.enabled, self.stop_button.enabled = True, False

@@ -1,0 +1,125 @@
+"""One long job of a widget, run off the GUI thread.
+
+The job is a plain generator: it never touches Qt, reports progress by yielding, and
+polls :attr:`BackgroundTask.cancel_requested` (a ``threading.Event``) to stop early.
+What it yields, returns or raises comes back on the GUI thread, exactly one outcome per
+run: ``"done"``, ``"cancelled"`` or ``"error"``. Run and Cancel buttons follow the run,
+and closing the widget cancels it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+
+from .._common import Failed
+
+
+class BackgroundTask:
+    """Starts, cancels and reports one run at a time for ``owner`` (a ViewerWidget)."""
+
+    def __init__(
+        self,
+        owner,
+        run_button,
+        cancel_button=None,
+        *,
+        on_yield: Callable[[object], None],
+        on_return: Callable[[object], None],
+        on_error: Callable[[BaseException], None],
+        on_cancel: Callable[[], None] | None = None,
+    ) -> None:
+        self.run_button, self.cancel_button = run_button, cancel_button
+        self.on_yield, self.on_return, self.on_error = on_yield, on_return, on_error
+        self.on_cancel = on_cancel
+        self.cancel_requested = threading.Event()
+        self.worker = None
+        #: "done", "cancelled", "error", or None while running / before the first run
+        self.outcome: str | None = None
+        owner.native.destroyed.connect(lambda *_: self.cancel_requested.set())
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, job: Callable[..., Iterator], *args, **kwargs) -> bool:
+        """Run ``job(*args, **kwargs)`` (a generator) in a thread; False if one is running."""
+        if self.running:
+            return False
+        from napari.qt.threading import create_worker
+
+        self.outcome = None
+        self.cancel_requested.clear()
+        worker = create_worker(_guarded, job, args, kwargs, _start_thread=False)
+        worker.yielded.connect(self._yielded)
+        worker.returned.connect(self._returned)
+        worker.errored.connect(self._errored)
+        worker.aborted.connect(self._cancelled)
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        self._set_buttons(running=True)
+        worker.start()
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        """Report an error found before the job could start (outcome "error")."""
+        self.outcome = "error"
+        self.on_error(error)
+
+    def cancel(self) -> None:
+        """Ask the job to stop (at its next poll, or between two yields)."""
+        if self.worker is not None:
+            self.cancel_requested.set()
+            self.worker.quit()
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _yielded(self, item) -> None:
+        if self.outcome is None:
+            self.on_yield(item)
+
+    def _returned(self, result) -> None:
+        if self.outcome is not None:
+            return
+        if isinstance(result, Failed):
+            self._errored(result.error)
+        elif self.cancel_requested.is_set():
+            self._cancelled()
+        else:
+            self.outcome = "done"
+            self.on_return(result)
+
+    def _errored(self, error: BaseException) -> None:
+        if self.outcome is None:
+            self.outcome = "error"
+            self.on_error(error)
+
+    def _cancelled(self) -> None:
+        if self.outcome is None:
+            self.outcome = "cancelled"
+            if self.on_cancel is not None:
+                self.on_cancel()
+
+    def _finished(self) -> None:
+        if self.outcome is None and self.cancel_requested.is_set():
+            self._cancelled()  # however the worker's signals were ordered, a cancel is a cancel
+        self.worker = None
+        self._set_buttons(running=False)
+
+    def _set_buttons(self, running: bool) -> None:
+        try:
+            self.run_button.enabled = not running
+            if self.cancel_button is not None:
+                self.cancel_button.enabled = running
+        except RuntimeError:  # the widget is gone
+            pass
+
+
+def _guarded(job, args, kwargs):
+    """The worker's generator: the job's items; an exception is returned as
+    :class:`Failed` (superqt re-raises returned exceptions) and shown by the widget."""
+    try:
+        result = yield from job(*args, **kwargs)
+    except Exception as e:  # handed to the GUI thread
+        return Failed(e)
+    return result
+
