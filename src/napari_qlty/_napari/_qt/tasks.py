@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from .._common import Failed
+from .base import ViewerWidget
 
 
 class BackgroundTask:
@@ -123,3 +124,45 @@ def _guarded(job, args, kwargs):
         return Failed(e)
     return result
 
+
+
+class TaskWidget(ViewerWidget):
+    """A widget with one background job at a time (export, training, inference).
+
+    A subclass sets ``self.task`` and implements ``_prepare()``, which checks every field
+    (a bad one raises, and the message is shown) and returns ``(job, args, kwargs)``, and
+    ``_starting()``, which clears what the last run showed.
+    """
+
+    task: BackgroundTask
+
+    @property
+    def running(self) -> bool:
+        return self.task.running
+
+    @property
+    def worker(self):
+        return self.task.worker
+
+    @property
+    def outcome(self) -> str | None:
+        """"done", "cancelled", "error", or None before the first run and while running."""
+        return self.task.outcome
+
+    def run(self, *_) -> None:
+        """Check the fields and start the job in a background thread."""
+        if self.running:
+            return
+        try:
+            job, args, kwargs = self._prepare()
+        except Exception as e:
+            self.task.fail(e)
+            return
+        self._starting()
+        self.task.start(job, *args, **kwargs)
+
+    def _prepare(self) -> tuple:
+        raise NotImplementedError
+
+    def _starting(self) -> None:
+        pass

@@ -37,21 +37,20 @@ from .._common import (
     thousands,
 )
 from .._qt.base import (
-    ViewerWidget,
     form,
     hint_label,
     report_box,
     set_status,
     status_label,
 )
-from .._qt.tasks import BackgroundTask
+from .._qt.tasks import BackgroundTask, TaskWidget
 from ..fields import GridFields
 
 if TYPE_CHECKING:
     import napari
 
 
-class ExportWidget(ViewerWidget):
+class ExportWidget(TaskWidget):
     """Write cleaned training pairs (image windows + label windows) to a zarr folder."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -105,33 +104,12 @@ class ExportWidget(ViewerWidget):
         else:
             self.path_hint.value = ""
 
-    @property
-    def running(self) -> bool:
-        return self.task.running
-
-    @property
-    def worker(self):
-        return self.task.worker
-
-    @property
-    def outcome(self) -> str | None:
-        """"done", "cancelled", "error" or None."""
-        return self.task.outcome
 
     # -- running --------------------------------------------------------------------------
-    def run(self, *_) -> None:
-        """Start the export in a background thread."""
-        if self.running:
-            return
-        try:
-            job = self._prepare()
-        except Exception as e:
-            self.task.fail(e)
-            return
+    def _starting(self) -> None:
         self.summary.value = ""
         self.progress.max, self.progress.value = 1, 0
         set_status(self.status, "Selecting windows with labels…")
-        self.task.start(self._work, *job)
 
     def _prepare(self):
         image, labels = self.image_combo.value, self.labels_combo.value
@@ -145,7 +123,9 @@ class ExportWidget(ViewerWidget):
         path = resolve_path(self.path_edit.value, image.name, "pairs")
         source = open_source(level0(image), axes=source_axes(image))
         self._names = class_names(labels)
-        return source, TrainingLabels(label_data), grid, path, int(self.min_labelled_spin.value), bool(self.overwrite_check.value)
+        job = (source, TrainingLabels(label_data), grid, path, int(self.min_labelled_spin.value),
+               bool(self.overwrite_check.value))
+        return self._work, job, {}
 
     def _work(self, source, labels, grid, path, min_labelled, overwrite):
         t0 = time.perf_counter()

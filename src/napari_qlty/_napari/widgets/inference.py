@@ -48,8 +48,8 @@ from .._common import (
     spatial_shape,
     thousands,
 )
-from .._qt.base import ViewerWidget, form, hint_label, set_status, status_label
-from .._qt.tasks import BackgroundTask
+from .._qt.base import form, hint_label, set_status, status_label
+from .._qt.tasks import BackgroundTask, TaskWidget
 from .._registry import REGISTRY
 from ..fields import GridFields
 
@@ -67,7 +67,7 @@ def foreground_channel(channels: int) -> int:
     return min(1, channels - 1)
 
 
-class InferenceWidget(ViewerWidget):
+class InferenceWidget(TaskWidget):
     """Predict a whole image with a model, tiled and stitched; results stream into the viewer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -197,33 +197,12 @@ class InferenceWidget(ViewerWidget):
         if event.value is self.labels_layer:
             self.labels_layer = None
 
-    @property
-    def running(self) -> bool:
-        return self.task.running
-
-    @property
-    def worker(self):
-        return self.task.worker
-
-    @property
-    def outcome(self) -> str | None:
-        """"done", "cancelled", "error" or None."""
-        return self.task.outcome
 
     # -- running ------------------------------------------------------------------------------
-    def run(self, *_) -> None:
-        """Start (or resume) the prediction in a background thread."""
-        if self.running:
-            return
-        try:
-            args, kwargs = self._prepare()
-        except Exception as e:
-            self.task.fail(e)
-            return
+    def _starting(self) -> None:
         self.last_event, self.events_seen = None, []
         self.progress.max, self.progress.value = 1, 0
         set_status(self.status, "Loading the model and checking it on one window…")
-        self.task.start(_relay, *args, **kwargs)
 
     def _prepare(self):
         image = self.image_combo.value
@@ -257,7 +236,7 @@ class InferenceWidget(ViewerWidget):
         if self.path != path:
             self.probability_layer = self.labels_layer = None
         self.path, self._image = path, image
-        return (model, source, grid, path), kwargs
+        return _relay, (model, source, grid, path), kwargs
 
     def _model(self, device: str):
         choice = self.model_combo.value

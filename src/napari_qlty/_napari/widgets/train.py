@@ -24,8 +24,8 @@ from .._common import (
     spatial_shape,
     thousands,
 )
-from .._qt.base import ViewerWidget, form, set_status, status_label
-from .._qt.tasks import BackgroundTask
+from .._qt.base import form, set_status, status_label
+from .._qt.tasks import BackgroundTask, TaskWidget
 from .._registry import register_model
 from ..fields import GridFields
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import napari
 
 
-class TrainWidget(ViewerWidget):
+class TrainWidget(TaskWidget):
     """Train a U-Net on sparse labels for a time budget; the result goes to Tiled inference."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -70,8 +70,6 @@ class TrainWidget(ViewerWidget):
         self._stop = threading.Event()
         #: options passed to TrainConfig on top of the widget's (tests use a tiny network)
         self.config_overrides: dict = {}
-        #: "done", "stopped", "error" or None
-        self.outcome: str | None = None
         self.model = None
         self.model_name: str | None = None
         self.last_event = None
@@ -84,31 +82,20 @@ class TrainWidget(ViewerWidget):
         self.stop_button.changed.connect(self.stop)
 
     @property
-    def running(self) -> bool:
-        return self.task.running
-
-    @property
-    def worker(self):
-        return self.task.worker
+    def outcome(self) -> str | None:
+        """"done", "stopped" (Stop ended training early; the model is kept), "error" or None."""
+        outcome = self.task.outcome
+        return "stopped" if outcome == "done" and self._stop.is_set() else outcome
 
     # -- running --------------------------------------------------------------------------
-    def run(self, *_) -> None:
-        """Cut the pairs and train in a background thread."""
-        if self.running:
-            return
-        try:
-            job = self._prepare()
-        except Exception as e:
-            self.task.fail(e)
-            return
-        self.outcome, self.model, self.last_event = None, None, None
+    def _starting(self) -> None:
+        self.model, self.last_event = None, None
         self.events_seen = []
         self._loss = self._f1 = None
         self._stop.clear()
         self.progress.value = 0
         self.metrics.value = ""
         set_status(self.status, "Cutting training pairs…")
-        self.task.start(self._work, *job)
 
     def _prepare(self):
         import numpy as np
@@ -143,7 +130,7 @@ class TrainWidget(ViewerWidget):
         options.update(self.config_overrides)
         config = TrainConfig(**options)
         name = self.name_edit.value.strip() or f"{image.name} (trained)"
-        return level0(image), TrainingLabels(label_data), grid, config, name
+        return self._work, (level0(image), TrainingLabels(label_data), grid, config, name), {}
 
     def _work(self, image_data, labels, grid, config, name):
         import numpy as np
@@ -207,15 +194,13 @@ class TrainWidget(ViewerWidget):
         try:
             register_model(name, model)
         except Exception as e:
-            self._fail(e)
+            self.task.fail(e)
             return
         self.model, self.model_name = model, name
-        self.outcome = "stopped" if stopped else "done"
         self.progress.value = self.progress.max
         how = "stopped" if stopped else (last.message or "done") if last else "done"
         set_status(self.status, f"Training {how}: model '{name}' is ready in Tiled inference")
 
     def _fail(self, exc) -> None:
-        self.outcome = "error"
         set_status(self.status, f"Training failed: {error_text(exc)}", error=True)
         notify_error(exc)
