@@ -146,7 +146,7 @@ KILL_SCRIPT = textwrap.dedent(
     src, model, out, slow = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     grid = Grid((37, 45, 29), window=12, step=8, border=2)
     for event in iter_predict(ModelSpec(model), src, grid, out, weighting=Weighting("border", 0.0),
-                              device="cpu", chunks=(8, 8, 8), memory_budget=1_100_000):
+                              device="cpu", chunks=(8, 8, 8), region=(8, 8, 8)):
         print(event.kind, event.regions_done, event.regions_total, flush=True)
         time.sleep(slow)
     """
@@ -273,14 +273,36 @@ def test_retrained_module_is_not_resumed_into(tmp_path, volume):
 
 
 def test_callers_module_stays_where_it_is(tmp_path, volume):
-    from napari_qlty.run.runner import on_device
+    from napari_qlty.core.inference import for_inference
 
     model = conv_model()
-    assert on_device(model, torch.device("cpu")) is model
+    assert for_inference(model, torch.device("cpu")) is model  # eval mode, right device: as it is
     meta_device = torch.device("meta")
-    moved = on_device(model, meta_device)
+    moved = for_inference(model, meta_device)
     assert moved is not model and next(model.parameters()).device.type == "cpu"
     assert next(moved.parameters()).device.type == "meta"
+
+
+def test_predict_leaves_a_training_mode_batchnorm_model_unchanged(tmp_path, volume):
+    """The probes and the run use a private copy in eval mode: the caller's running
+    statistics, training flag and fingerprint stay as they were, so a rerun resumes."""
+    from napari_qlty.run.runner import model_fingerprint
+
+    x, src = volume
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.BatchNorm3d(2))
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fingerprint = model_fingerprint(net)
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    predict(net, src, grid, tmp_path / "out.zarr", device="cpu", batch_size="auto")
+    assert net.training
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert model_fingerprint(net) == fingerprint
+    expected = infer(net.eval(), torch.from_numpy(x), grid).numpy()
+    np.testing.assert_allclose(zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...], expected,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_batchnorm_module_fingerprint():

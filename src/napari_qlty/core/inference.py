@@ -1,12 +1,15 @@
 """Running a model over a volume in memory, window batch by window batch.
 
 Memory stays at input + output + two batches (windows in, outputs out): windows are
-cut into one reused buffer, and each batch's outputs are added to the weighted sum
-before the next batch is cut.
+cut into one reused buffer in the volume's own dtype (a uint8 volume moves a quarter of
+the bytes of float32), moved to the device, cast there to the model's dtype and
+normalised, and each batch's outputs are added to the weighted sum before the next
+batch is cut.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -14,10 +17,97 @@ import torch
 
 from .blend import Accumulator, accumulation_dtype, check_patches
 from .grid import Grid
+from .intensity import IDENTITY, Fitted, Normalisation
 from .tiles import as_tensor, check_volume, pad_far_end, window_slices
 from .weights import Weighting, WindowWeights, window_weights
 
 Model = Callable[[torch.Tensor], torch.Tensor]
+
+#: the attribute under which a model carries the normalisation it was trained with
+NORMALISATION_ATTRIBUTE = "napari_qlty_normalisation"
+
+
+def input_dtype(model) -> torch.dtype | None:
+    """The dtype a model computes in: that of its first floating parameter or buffer.
+
+    None for a callable without any: it gets floating windows in their own dtype and
+    all others (bool, integers) as float32.
+    """
+    for name in ("parameters", "buffers"):
+        tensors = getattr(model, name, None)
+        if callable(tensors):
+            try:
+                for t in tensors():
+                    if t.is_floating_point():
+                        return t.dtype
+            except (TypeError, RuntimeError):
+                pass
+    return None
+
+
+def for_inference(model: Model, device: torch.device | str | None = None) -> Model:
+    """``model`` ready to run without changing the caller's: an ``nn.Module`` in training
+    mode, or with weights on another device, becomes a private copy in eval mode on
+    ``device``; one already in eval mode there is used as it is (inference without
+    gradients changes nothing in it). Other callables are returned as they are."""
+    if not isinstance(model, torch.nn.Module):
+        return model
+    device = torch.device(device) if device is not None else None
+    tensors = list(model.parameters()) + list(model.buffers())
+    elsewhere = device is not None and any(t.device != device for t in tensors)
+    training = any(m.training for m in model.modules())
+    if not (elsewhere or training):
+        return model
+    private = copy.deepcopy(model)
+    if device is not None:
+        private = private.to(device)
+    return private.eval()
+
+
+def feed_dtype(model, stored) -> torch.dtype:
+    """The dtype ``model`` receives windows in when they are stored as ``stored``."""
+    dtype = input_dtype(model)
+    if dtype is not None:
+        return dtype
+    stored = torch.empty(0, dtype=stored).dtype if isinstance(stored, torch.dtype) else \
+        torch.from_numpy(np.empty(0, dtype=stored)).dtype
+    return stored if stored.is_floating_point else torch.float32
+
+
+def model_normalisation(model) -> Normalisation | Fitted | None:
+    """The normalisation ``model`` was trained with, if it carries one."""
+    found = getattr(model, NORMALISATION_ATTRIBUTE, None)
+    return found if isinstance(found, (Normalisation, Fitted)) else None
+
+
+def fit_normalisation(normalise, volume, model) -> Fitted:
+    """``normalise`` (None: the model's own, else none) with its statistics over ``volume``."""
+    if normalise is None:
+        normalise = model_normalisation(model) or Normalisation()
+    if isinstance(normalise, str):
+        normalise = Normalisation(normalise)
+    if isinstance(normalise, Fitted):
+        return normalise
+    if not isinstance(normalise, Normalisation):
+        raise TypeError(f"normalise must be a Normalisation or a mode name, got {type(normalise).__name__}")
+    return normalise.fit(volume)
+
+
+def to_model(batch: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+             intensity: Fitted = IDENTITY) -> torch.Tensor:
+    """A batch of windows in its stored dtype, as the model takes it: moved to ``device``
+    first (the stored bytes travel), then cast to ``dtype`` (see :func:`input_dtype`) and
+    normalised there.
+
+    The batch must be a buffer of the caller's own (it may be normalised in place).
+    """
+    if batch.device != device:
+        batch = batch.to(device, non_blocking=True)
+    if dtype is None:
+        dtype = batch.dtype if batch.is_floating_point() else torch.float32
+    if batch.dtype != dtype:
+        batch = batch.to(dtype)
+    return intensity.apply(batch)
 
 
 def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -54,18 +144,26 @@ def infer(
     batch_size: int = 4,
     device: torch.device | str | None = None,
     postprocess: Model | None = None,
+    normalise: Normalisation | Fitted | str | None = None,
 ) -> torch.Tensor:
     """Apply ``model`` to every window of ``x`` (N, C, *shape) and blend: (N, C_out, *shape).
 
-    Windows run on ``device`` (default: the input's); the weighted sum lives there too.
-    ``postprocess`` (e.g. ``lambda y: y.softmax(1)``) is applied to each batch of outputs
-    before blending. Each window goes through the model exactly once.
+    ``x`` may have any dtype (bool, integers, floats); windows are cast on the device to
+    the model's dtype (:func:`input_dtype`). ``normalise`` maps intensities with
+    statistics of the whole of ``x`` (see :mod:`napari_qlty.core.intensity`); None uses
+    the normalisation the model was trained with, if it carries one, else the stored
+    values. Windows run on ``device`` (default: the input's); the weighted sum lives
+    there too. ``postprocess`` (e.g. ``lambda y: y.softmax(1)``) is applied to each
+    batch of outputs before blending. Each window goes through the model exactly once.
     """
     x = as_tensor(x)
     check_volume(x, grid, "input")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else x.device
+    intensity = fit_normalisation(normalise, x, model)
+    model = for_inference(model, device)
+    dtype = input_dtype(model)
     weights = window_weights(grid, weighting)
     if grid.needs_padding:
         x = pad_far_end(x, grid.padded_shape, grid.pad)
@@ -76,9 +174,7 @@ def infer(
         views = [x[(n, slice(None), *sl)] for n, sl in window_slices(grid, idx)]
         if buffer is None or buffer.shape[0] != len(views):
             buffer = torch.empty((len(views), *views[0].shape), dtype=x.dtype, device=x.device)
-        batch = torch.stack(views, out=buffer)
-        if batch.device != device:
-            batch = batch.to(device, non_blocking=True)
+        batch = to_model(torch.stack(views, out=buffer), device, dtype, intensity)
         out = model(batch)
         check_output(out, batch, grid)
         if postprocess is not None:

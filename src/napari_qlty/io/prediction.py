@@ -138,16 +138,34 @@ class OutputStore:
             shutil.rmtree(spills, ignore_errors=True)
 
     # -- data ------------------------------------------------------------------------
-    def write_region(self, n: int, start: Sequence[int], probabilities: torch.Tensor) -> None:
-        """Write the final (C_out, *box) probabilities of one region of image ``n``."""
+    def write_region(self, n: int, start: Sequence[int], probabilities: torch.Tensor) -> int:
+        """Write the final (C_out, *box) values of one region of image ``n``.
+
+        Labels are the argmax over classes, or for one channel ``value >= threshold``
+        (after a sigmoid, unless the values already are probabilities). A float16 store
+        saturates values beyond its range at +-65504 (never inf); returns how many were.
+        """
         box = tuple(slice(a, a + s) for a, s in zip(start, probabilities.shape[1:]))
+        saturated = 0
         if "probabilities" in self.group:
             arr = self.group["probabilities"]
-            arr[(n, slice(None), *box)] = probabilities.to(dtype=_torch_dtype(arr.dtype)).cpu().numpy()
+            values = probabilities
+            if np.dtype(str(arr.dtype)) == np.float16:
+                limit = float(np.finfo(np.float16).max)
+                saturated = int((values.abs() > limit).sum())
+                values = values.clamp(-limit, limit)
+            arr[(n, slice(None), *box)] = values.to(dtype=_torch_dtype(arr.dtype)).cpu().numpy()
         if "labels" in self.group:
-            labels = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
-            self.group["labels"][(n, *box)] = labels
+            self.group["labels"][(n, *box)] = self.labels_of(probabilities).cpu().numpy()
+        return saturated
 
+    def labels_of(self, values: torch.Tensor) -> torch.Tensor:
+        """(*box) uint8 labels of (C_out, *box) blended values, by the store's rule."""
+        rule = self.layout.get("labels_rule") or {"kind": "argmax"}
+        if rule["kind"] == "threshold":
+            p = values[0] if rule.get("probabilities") else torch.sigmoid(values[0])
+            return (p >= float(rule["threshold"])).to(torch.uint8)
+        return values.argmax(dim=0).to(torch.uint8)
 
 def read_meta(path: str | Path) -> dict | None:
     """The attributes of our prediction at ``path``, or None if it holds none."""

@@ -39,6 +39,7 @@ from .batching import (
     forget_batch_size,
     remembered_batch_size,
     run_with_oom_backoff,
+    window_cost,
 )
 from .devices import resolve_device
 from .loading import clear_model_cache, load_model
@@ -59,4 +60,5 @@ __all__ = [
     "remembered_batch_size",
     "resolve_device",
     "run_with_oom_backoff",
+    "window_cost",
 ]

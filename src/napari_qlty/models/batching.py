@@ -10,9 +10,11 @@ import weakref
 from collections.abc import Callable, Sequence
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from .devices import as_device, is_oom
-from .probes import call_checked, check_model_output, check_output, static_batch
+from .probes import call_checked, check_output, static_batch
 
 
 def available_host_memory() -> int:
@@ -64,7 +66,6 @@ def auto_batch_size(
     start: int = 64,
     *,
     dtype: torch.dtype = torch.float32,
-    safety_factor: float = 8.0,
 ) -> int:
     """The largest power of 2 <= ``start`` whose batch should fit in memory (at least 1).
 
@@ -86,7 +87,7 @@ def auto_batch_size(
             f"the exported program only takes batches of exactly {static}; re-export it with a "
             "dynamic batch, e.g. dynamic_shapes=({0: Dim('batch')},)"
         )
-    per_window, fixed, _ = window_cost(model, in_channels, window, dev, dtype, safety_factor=safety_factor)
+    per_window, fixed, _ = window_cost(model, in_channels, window, dev, dtype)
     if per_window is None:  # the model refused a batch of 2
         return 1
     if budget_bytes is None:
@@ -113,6 +114,63 @@ def _default_budget(dev: torch.device) -> int:
     return available_host_memory() // 2
 
 
+class _PeakTracker(TorchDispatchMode):
+    """Bytes held by tensors that operators create, and the most held at once.
+
+    Allocation sizes and the moments tensors die are the same on every run (reference
+    counting frees them), so on a CPU this measures what a window costs, deterministically.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current = self.peak = 0
+        self.live: dict[int, int] = {}
+
+    def _free(self, key: int) -> None:
+        self.current -= self.live.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.current += self.live[key]
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(t, self._free, key)
+        return out
+
+
+def _measure_host(model, in_channels, window, dev, dtype):
+    """(bytes per window, fixed bytes, C_out) from the peak tensor bytes at batch 1 and 2."""
+    peaks, c_out = [], 0
+    for batch in (1, 2):
+        x = torch.zeros((batch, in_channels, *window), dtype=dtype, device=dev)
+        tracker = _PeakTracker()
+        try:
+            with tracker:
+                out = call_checked(model, x, dtype)
+        except Exception as e:
+            if batch == 1 or not (isinstance(e, ValueError) or is_oom(e)):
+                raise
+            warnings.warn(f"the model refused a batch of 2 ({e}); using batch size 1", stacklevel=3)
+            return (None, 0), c_out
+        check_output(out, tuple(x.shape))
+        c_out = int(out.shape[1])
+        peaks.append(tracker.peak + x.numel() * x.element_size())  # the window's cast copy too
+        del out, x
+    return _split(peaks, in_channels, c_out, window, dtype), c_out
+
+
+def _split(peaks, in_channels, c_out, window, dtype) -> tuple[int, int]:
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    io_bytes = (in_channels + c_out) * math.prod(window) * itemsize
+    per_window = max(peaks[1] - peaks[0], io_bytes)
+    return per_window, max(peaks[0] - per_window, 0)
+
+
 def window_cost(
     model: Callable,
     in_channels: int,
@@ -120,22 +178,24 @@ def window_cost(
     device: str | torch.device,
     dtype: torch.dtype = torch.float32,
     *,
-    safety_factor: float = 8.0,
+    safety_factor: float = 1.25,
 ) -> tuple[int | None, int, int]:
     """``(bytes per window, fixed bytes, C_out)`` of running ``model`` on such windows.
 
-    cuda: measured from the peak allocations at batch 1 and 2 (bytes per window None
-    when the model refuses a batch of 2). cpu/mps: the input and output channels plus
-    one, times ``safety_factor`` for activations, an estimate that is the same on
-    every run (so the same command plans the same regions).
+    Measured from the peak memory at batch 1 and 2: on cuda the allocator's peak, elsewhere
+    the tensors the model's operators create (the same on every run, so the same command
+    plans the same regions). ``safety_factor`` covers what neither sees (a library's own
+    workspace). Bytes per window are None when the model refuses a batch of 2.
     """
     dev = as_device(device)
     window = tuple(int(w) for w in window)
     if dev.type == "cuda":
-        return _measure_cuda(model, in_channels, window, dev, dtype)
-    c_out = check_model_output(model, in_channels, window, dev, dtype)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return int((in_channels + c_out + 1) * math.prod(window) * itemsize * safety_factor), 0, c_out
+        per_window, fixed, c_out = _measure_cuda(model, in_channels, window, dev, dtype)
+    else:
+        (per_window, fixed), c_out = _measure_host(model, in_channels, window, dev, dtype)
+    if per_window is not None:
+        per_window = int(per_window * safety_factor)
+    return per_window, int(fixed * safety_factor), c_out
 
 
 def batch_memory(model: Callable, in_channels: int, window: Sequence[int], batch_size: int,
@@ -156,20 +216,17 @@ def _measure_cuda(model, in_channels, window, dev, dtype):
         x = torch.zeros((batch, in_channels, *window), dtype=dtype, device=dev)
         try:
             out = call_checked(model, x, dtype)
-        except ValueError as e:
-            if batch == 1:
+        except Exception as e:
+            if batch == 1 or not (isinstance(e, ValueError) or is_oom(e)):
                 raise
-            warnings.warn(f"{e}; using batch size 1", stacklevel=3)
+            warnings.warn(f"the model refused a batch of 2 ({e}); using batch size 1", stacklevel=3)
             return None, 0, c_out
         check_output(out, tuple(x.shape))
         c_out = int(out.shape[1])
         torch.cuda.synchronize(dev)
         peaks.append(torch.cuda.max_memory_allocated(dev) - base)
         del out, x
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    io_bytes = (in_channels + c_out) * math.prod(window) * itemsize
-    per_window = max(peaks[1] - peaks[0], io_bytes)
-    fixed = max(peaks[0] - per_window, 0)
+    per_window, fixed = _split(peaks, in_channels, c_out, window, dtype)
     return per_window, fixed, c_out
 
 

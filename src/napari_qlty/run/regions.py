@@ -78,12 +78,14 @@ def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(edge, s) for s in shape)
 
 
-def region_cost(grid: Grid, size: Sequence[int], channels_in: int, channels_out: int) -> int:
-    """Bytes a region task holds besides its batches: the input box (read, then copied
-    into a tensor), the weighted sums over the box, and the final values and labels."""
+def region_cost(grid: Grid, size: Sequence[int], channels_in: int, channels_out: int,
+                in_itemsize: int = 4) -> int:
+    """Bytes a region task holds besides its batches: the input box in its stored dtype
+    (read, then copied into a tensor), the float32 weighted sums over the box, and the
+    final values and labels."""
     box = math.prod(min(s + w, p) for s, w, p in zip(size, grid.window, grid.padded_shape))
     core = math.prod(min(s, p) for s, p in zip(size, grid.padded_shape))
-    return box * 4 * (2 * channels_in + channels_out) + core * (8 * channels_out + 9)
+    return box * (2 * in_itemsize * channels_in + 4 * channels_out) + core * (8 * channels_out + 9)
 
 
 def plan_region_size(
@@ -94,6 +96,7 @@ def plan_region_size(
     batch_bytes: int,
     budget_bytes: int,
     cap: Sequence[int] | None = None,
+    in_itemsize: int = 4,
 ) -> tuple[int, ...]:
     """The largest chunk-aligned region whose working set fits ``budget_bytes``.
 
@@ -106,10 +109,13 @@ def plan_region_size(
         if len(cap) != grid.ndim or min(cap) < 1:
             raise ValueError(f"region must be {grid.ndim} positive ints, got {tuple(cap)}")
         size = [min(s, max(c, m // c * c)) for s, c, m in zip(size, chunks, cap)]
-    while region_cost(grid, size, channels_in, channels_out) + batch_bytes > budget_bytes:
+    def cost(size) -> int:
+        return region_cost(grid, size, channels_in, channels_out, in_itemsize) + batch_bytes
+
+    while cost(size) > budget_bytes:
         shrinkable = [a for a in range(grid.ndim) if size[a] > chunks[a]]
         if not shrinkable:
-            need = region_cost(grid, size, channels_in, channels_out) + batch_bytes
+            need = cost(size)
             raise ValueError(
                 f"memory budget {budget_bytes / 2**20:.0f} MiB is too small for windows "
                 f"{'x'.join(map(str, grid.window))} (one region and one batch need about "

@@ -16,7 +16,6 @@ line shows them with tqdm, the napari widget updates a layer, tests assert on th
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import time
@@ -28,11 +27,14 @@ import numpy as np
 import torch
 
 from ..core.grid import Grid
+from ..core.inference import feed_dtype, for_inference, model_normalisation
+from ..core.intensity import Fitted, Normalisation
 from ..core.weights import Weighting, WindowWeights
-from ..io.prediction import OutputStore
+from ..io.formats import canonical
+from ..io.prediction import OutputStore, read_meta
 from ..io.sources import Source, open_source
 from ..models import ModelSpec, check_model_output, load_model, resolve_device
-from ..models.batching import available_host_memory, batch_memory
+from ..models.batching import available_host_memory, window_cost
 from .regions import Regions, default_chunks, plan_region_size
 from .schedulers import execute
 from .task import POSTPROCESS, Job
@@ -80,13 +82,15 @@ def iter_predict(
     output: str | Path,
     *,
     weighting: Weighting = Weighting(),
-    batch_size: int = 4,
+    batch_size: int | str = 4,
     device: str = "auto",
     memory_budget: str | int | None = None,
     probabilities: bool = True,
     labels: bool = True,
     dtype: str = "float32",
     postprocess: str | None = None,
+    threshold: float = 0.5,
+    normalise: Normalisation | Fitted | str | None = None,
     chunks: Sequence[int] | None = None,
     workers: int = 1,
     scheduler: str | object | None = None,
@@ -98,14 +102,21 @@ def iter_predict(
     """Run ``model`` over every window of ``source`` into the zarr store ``output``.
 
     ``source`` is anything :func:`napari_qlty.io.sources.open_source` opens (zarr, OME-Zarr,
-    TIFF, MRC, npy, URL, dask/numpy/torch arrays); ``model`` a module, a callable, or a
-    file (:class:`ModelSpec`). ``memory_budget`` bounds the working set ('2GiB'); the
-    default is half the available memory, at most 4 GiB. ``workers`` > 1 runs regions on
-    threads; ``scheduler`` (an address or a ``distributed.Client``) runs them on a dask
-    cluster (source and model must then be files). ``region`` caps the region shape
-    (rounded down to whole chunks; smaller regions stream results sooner). ``cancelled``
-    is polled between batches: when it returns True the run stops with
-    :class:`Cancelled`, and rerunning resumes. Yields :class:`Event` objects.
+    TIFF, MRC, npy, URL, dask/numpy/torch arrays), in any dtype; windows are cast to the
+    model's dtype on the device. ``model`` is a module, a callable, or a file
+    (:class:`ModelSpec`); it is never changed (see :func:`~napari_qlty.core.inference.for_inference`).
+    ``normalise`` maps intensities with statistics of the whole input, measured once and
+    kept in the store (None: the model's own normalisation, else the stored values).
+    ``memory_budget`` bounds the working set ('2GiB'); the default is half the available
+    memory, at most 4 GiB. ``batch_size`` may be ``"auto"``: the largest power of 2 (up to
+    64) whose batch takes at most a quarter of the budget. One-channel outputs get labels
+    ``value >= threshold`` (after a sigmoid unless ``postprocess="sigmoid"``), several
+    channels the argmax. ``workers`` > 1 runs regions on threads; ``scheduler`` (an
+    address or a ``distributed.Client``) runs them on a dask cluster (source and model
+    must then be files). ``region`` caps the region shape (rounded down to whole chunks;
+    smaller regions stream results sooner). ``cancelled`` is polled between batches: when
+    it returns True the run stops with :class:`Cancelled`, and rerunning resumes.
+    Yields :class:`Event` objects.
     """
     t0 = time.perf_counter()
     if not (probabilities or labels):
@@ -114,8 +125,10 @@ def iter_predict(
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     if postprocess is not None and postprocess not in POSTPROCESS:
         raise ValueError(f"postprocess must be one of {sorted(POSTPROCESS)} or None, got {postprocess!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if batch_size != "auto" and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be an int >= 1 or 'auto', got {batch_size!r}")
+    if not (isinstance(threshold, (int, float)) and 0.0 <= float(threshold) <= 1.0):
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     src = source if isinstance(source, Source) else open_source(source, axes=axes)
@@ -130,17 +143,27 @@ def iter_predict(
         model = ModelSpec.parse(model)
     if scheduler is not None and not isinstance(model, ModelSpec):
         raise ValueError("a cluster run needs the model as a file (ModelSpec or path), not an object")
-    live_model = load_model(model, dev) if isinstance(model, ModelSpec) else on_device(model, dev)
-    channels_out = check_model_output(live_model, src.shape[1], grid.window, dev)
+    # the fingerprint first: nothing that runs below may change what identifies the model
+    fingerprint = model.fingerprint() if isinstance(model, ModelSpec) else model_fingerprint(model)
+    live_model = load_model(model, dev) if isinstance(model, ModelSpec) else for_inference(model, dev)
+    model_dtype = feed_dtype(live_model, src.dtype)
+    channels_out = check_model_output(live_model, src.shape[1], grid.window, dev, model_dtype)
+    if postprocess == "softmax" and channels_out == 1:
+        raise ValueError("the model has one output channel, whose softmax is always 1: use sigmoid (or none)")
     budget = parse_bytes(memory_budget) or min(4 << 30, available_host_memory() // 2)
-    per_batch = batch_memory(live_model, src.shape[1], grid.window, batch_size, dev)
     chunks = tuple(chunks) if chunks is not None else default_chunks(grid.shape)
     if len(chunks) != grid.ndim or min(chunks) < 1:
         raise ValueError(f"chunks must be {grid.ndim} positive ints, got {chunks}")
+    in_itemsize = src.dtype.itemsize
+    per_window, fixed, _ = window_cost(live_model, src.shape[1], grid.window, dev, model_dtype)
+    per_window = per_window or 0
+    if batch_size == "auto":
+        batch_size = auto_batch(per_window, fixed, budget)
+    per_batch = fixed + batch_size * per_window
 
     params = {
         "input": src.fingerprint,
-        "model": model.fingerprint() if isinstance(model, ModelSpec) else model_fingerprint(model),
+        "model": fingerprint,
         "grid": {"shape": grid.shape, "window": grid.window, "step": grid.step, "border": grid.border,
                  "pad": grid.pad},
         "weighting": {"mode": weighting_id(weighting), "border_weight": weighting.border_weight,
@@ -148,16 +171,25 @@ def iter_predict(
         "outputs": {"probabilities": probabilities, "labels": labels, "dtype": dtype},
         "postprocess": postprocess,
     }
+    rule = {"kind": "argmax"}
+    if channels_out == 1:
+        rule = {"kind": "threshold", "threshold": float(threshold), "probabilities": postprocess == "sigmoid"}
+        params["labels_rule"] = rule
+    intensity = _intensity(normalise, live_model, src, output, params)
+    params["normalisation"] = canonical(intensity.to_json())
     layout = {
         "n_images": src.shape[0],
         "channels": channels_out,
         "shape": grid.shape,
         "chunks": chunks,
-        "region": plan_region_size(grid, chunks, src.shape[1], channels_out, per_batch, budget, region),
+        "region": plan_region_size(grid, chunks, src.shape[1], channels_out, per_batch, budget, region,
+                                   in_itemsize=in_itemsize),
         "region_counts": None,
         "probabilities": probabilities,
         "labels": labels,
+        "labels_rule": rule,
         "dtype": dtype,
+        "batch_size": batch_size,
         "axes": [a for a in getattr(src, "axes", "")[2:]] or None,
     }
     layout["region_counts"] = Regions(grid, layout["region"]).counts
@@ -175,30 +207,54 @@ def iter_predict(
     done_windows = sum(per_task[t] for t in finished)
     todo = [t for t in tasks if t not in finished]
     job = Job(src, model if scheduler is not None else live_model, grid, weighting, str(output),
-              region_size, channels_out, batch_size, str(dev), postprocess)
+              region_size, channels_out, batch_size, str(dev), postprocess, intensity)
     yield Event("start", done_windows, windows_total, len(finished), len(tasks), time.perf_counter() - t0,
                 message=f"{len(todo)} of {len(tasks)} regions to run ({len(finished)} finished before)")
     deps = {t: {(t[0], *s) for s in regions.senders(t[1:])} - finished for t in todo}
     regions_done = len(finished)
-    for task in execute(job, todo, deps, workers, scheduler, cancelled):
+    saturated = 0
+    for task, (_windows, clipped) in execute(job, todo, deps, workers, scheduler, cancelled):
         regions_done += 1
         done_windows += per_task[task]
+        saturated += clipped
         start, stop = regions.bounds(task[1:])
         yield Event("region", done_windows, windows_total, regions_done, len(tasks),
                     time.perf_counter() - t0, region=task, start=start,
                     stop=tuple(min(b, s) for b, s in zip(stop, grid.shape)))
     store.mark_complete()
+    message = f"wrote {output}"
+    if saturated:
+        message += (f"; {saturated:,} values beyond float16's range were saturated to +-65504 "
+                    "(write float32 to keep them)")
     yield Event("done", done_windows, windows_total, regions_done, len(tasks), time.perf_counter() - t0,
-                message=f"wrote {output}")
+                message=message)
 
 
-def on_device(model, device: torch.device):
-    """A module whose parameters live elsewhere is copied to ``device``; the caller's stays put."""
-    if isinstance(model, torch.nn.Module):
-        tensors = list(model.parameters()) + list(model.buffers())
-        if any(t.device != device for t in tensors):
-            model = copy.deepcopy(model).to(device)
-    return model
+def auto_batch(per_window: int, fixed: int, budget: int, largest: int = 64) -> int:
+    """The largest power of 2 up to ``largest`` whose batch takes at most a quarter of the
+    budget (the rest is for the region), and at least 1."""
+    n = 1
+    while n * 2 <= largest and fixed + n * 2 * per_window <= budget // 4:
+        n *= 2
+    return n
+
+
+def _intensity(normalise, model, src, output, params) -> Fitted:
+    """The normalisation with its statistics: those of the store being resumed, if it was
+    made with the same recipe and everything else equal, else measured now."""
+    if normalise is None:
+        normalise = model_normalisation(model) or Normalisation()
+    if isinstance(normalise, str):
+        normalise = Normalisation(normalise)
+    if isinstance(normalise, Fitted):
+        return normalise
+    stored = read_meta(output)
+    if stored is not None:
+        old = dict(stored.get("params") or {})
+        fitted = old.pop("normalisation", None)
+        if fitted and Normalisation.from_json(fitted) == normalise and old == canonical(params):
+            return Fitted.from_json(fitted)
+    return normalise.fit(src)
 
 
 def model_fingerprint(model) -> str:

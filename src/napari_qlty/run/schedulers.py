@@ -27,14 +27,13 @@ class ReadyQueue:
 
 
 def execute(job: Job, todo: list, deps: dict, workers: int, scheduler, cancelled=None) -> Iterator[tuple]:
-    """Run tasks as their senders finish; yield each task as it finishes."""
+    """Run tasks as their senders finish; yield ``(task, run_region's result)`` as each finishes."""
     if scheduler is not None:
         yield from _execute_distributed(job, todo, deps, scheduler)
         return
     if workers == 1:
         for task in todo:  # C order: senders always come first
-            run_region(job, task, cancelled)
-            yield task
+            yield task, run_region(job, task, cancelled)
         return
     stop = threading.Event()
 
@@ -53,9 +52,9 @@ def execute(job: Job, todo: list, deps: dict, workers: int, scheduler, cancelled
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     task = running.pop(future)
-                    future.result()
+                    result = future.result()
                     queue.finished(task)
-                    yield task
+                    yield task, result
         finally:
             stop.set()
 
@@ -79,9 +78,9 @@ def _execute_distributed(job: Job, todo: list, deps: dict, scheduler) -> Iterato
         submit_ready()
         for future in futures:
             task = keys.pop(future.key)
-            future.result()
+            result = future.result()
             queue.finished(task)
-            yield task
+            yield task, tuple(result)
             submit_ready()
     finally:
         if not isinstance(scheduler, Client):

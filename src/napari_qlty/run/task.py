@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.grid import Grid
-from ..core.inference import check_output
+from ..core.inference import check_output, input_dtype, to_model
+from ..core.intensity import IDENTITY, Fitted
 from ..core.tiles import read_region
 from ..core.weights import Weighting, WindowWeights, window_weights
 from ..io.prediction import OutputStore
@@ -40,6 +41,7 @@ class Job:
     batch_size: int = 4
     device: str = "cpu"
     postprocess: str | None = None
+    intensity: Fitted = IDENTITY
     token: str = field(default_factory=lambda: f"{time.time_ns()}")
 
 
@@ -60,8 +62,11 @@ def _weights(job: Job) -> WindowWeights:
         return _map_weights[job.token]
 
 
-def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | None = None) -> int:
-    """Compute, hand over and finish one region of one image; returns windows run."""
+def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | None = None) -> tuple[int, int]:
+    """Compute, hand over and finish one region of one image.
+
+    Returns (windows run, values saturated to the store's dtype).
+    """
     n, r = task[0], task[1:]
     grid = job.grid
     regions = Regions(grid, job.region_size)
@@ -74,7 +79,8 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
     if positions.size:
         model = load_model(job.model, device) if isinstance(job.model, (ModelSpec, str)) else job.model
         post = POSTPROCESS[job.postprocess] if job.postprocess else None
-        x = read_region(job.source, n, box_start, box_stop, grid)
+        x = read_region(job.source, n, box_start, box_stop, grid)  # the stored dtype
+        dtype = input_dtype(model)
         origins = grid.origins()
         with torch.no_grad():
             for i in range(0, len(positions), job.batch_size):
@@ -84,7 +90,8 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
                 batch = torch.stack([
                     x[(slice(None), *(slice(o - a, o - a + w) for o, a, w in zip(origins[k], box_start, grid.window)))]
                     for k in chunk
-                ]).to(device)
+                ])
+                batch = to_model(batch, device, dtype, job.intensity)
                 out = run_with_oom_backoff(model, batch)  # halves the batch on out-of-memory
                 check_output(out, batch, grid)
                 if post is not None:
@@ -93,10 +100,10 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
         del x
     core = sums.hand_over(store.spills)
     final = finish(regions, weights, store.spills, n, r, core)
-    store.write_region(n, regions.bounds(r)[0], final)
+    saturated = store.write_region(n, regions.bounds(r)[0], final)
     store.mark_finished(task)
     release(regions, store.spills, n, r)
-    return int(positions.size)
+    return int(positions.size), saturated
 
 
 class Cancelled(Exception):
