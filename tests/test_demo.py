@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 from napari_qlty import Grid
 from napari_qlty.demo import DEMO_SHAPE, figure2, main, paper_grid_note, parse_args
 from napari_qlty.models import load_model
+from napari_qlty.models.checkpoints import checkpoint_recipe
 from napari_qlty.train import checkpoint_spec
 
 TINY = ["--shape", "32,64,64", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2",
@@ -45,7 +45,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
     for name in ("unet", "msdnet", "ensemble"):
         assert (out / f"{name}.pt").is_file()
-        assert json.loads((out / f"{name}.json").read_text())["format"] == "napari-qlty/checkpoint/1"
+        assert checkpoint_recipe(out / f"{name}.pt")["format"] == "napari-qlty/checkpoint/1"
     # the saved ensemble reloads as a model
     model = load_model(checkpoint_spec(out / "ensemble.pt"))
     with torch.no_grad():

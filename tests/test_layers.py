@@ -14,7 +14,7 @@ ROOT = Path(napari_qlty.__file__).parent
 ALLOWED = {
     "core": set(),
     "io": {"core"},
-    "models": set(),
+    "models": {"core", "io"},
     "run": {"core", "io", "models"},
     "train": {"core", "io", "models"},
     "compat": {"core", "io", "run"},

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from tqdm import tqdm
 
 from .core.grid import Grid, parse_per_axis, per_axis
+from .core.intensity import MODES as NORMALISATIONS
+from .core.intensity import Normalisation
+from .io.sources import open_source
 from .core.weights import MODES, Weighting
 from .io.formats import StoreError
 
@@ -28,7 +31,31 @@ def add_grid_options(p: argparse.ArgumentParser, window=None, step=None, border=
     g.add_argument("--border", type=int_or_tuple, default=border)
     g.add_argument("--pad", choices=["reflect", "constant"], default=None,
                    help="pad axes smaller than the window (default: error)")
-    g.add_argument("--axes", default=None, help="the input's axes, e.g. zyx or czyx (default: from metadata)")
+    g.add_argument("--axes", default=None, help="the input's axes, e.g. zyx, czyx or zyxc (default: from metadata)")
+    g.add_argument("--each-time-point", action="store_true",
+                   help="run every time point on its own (t becomes the image axis: a 3D model on a time-lapse)")
+
+
+def add_normalisation_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("intensity normalisation (statistics of the whole volume, never per window)")
+    g.add_argument("--normalise", choices=list(NORMALISATIONS), default=None,
+                   help="none, percentile (--low/--high percentiles map to 0/1, default 1 and 99.8), "
+                        "mean-std, or range (--low/--high values map to 0/1); default: the model's own, else none")
+    g.add_argument("--low", type=float, default=None)
+    g.add_argument("--high", type=float, default=None)
+
+
+def normalisation_of(args):
+    if args.normalise is None:
+        if args.low is not None or args.high is not None:
+            raise ValueError("--low and --high need --normalise percentile or range")
+        return None
+    return Normalisation(args.normalise, args.low, args.high)
+
+
+def open_input(path: str, args):
+    src = open_source(path, axes=args.axes)
+    return src.time_as_images() if getattr(args, "each_time_point", False) else src
 
 
 def make_grid(args, spatial_shape) -> Grid:
@@ -59,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="image")
     p.add_argument("output", help="output .zarr (probabilities and/or labels)")
     p.add_argument("--model", required=True,
-                   help="TorchScript file, torch.export .pt2, or state dict::module:factory")
+                   help="a napari-qlty checkpoint, a TorchScript file, a torch.export .pt2, or "
+                        "state_dict.pt::package.module:factory (the factory is code you choose to run)")
     add_grid_options(p)
     p.add_argument("--border-weight", type=float, default=1.0)
     p.add_argument("--weighting", choices=[m for m in MODES if m != "map"], default="border")
@@ -67,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--memory-budget", default=None, help="e.g. 2GiB (default: half the free memory, <= 4GiB)")
     p.add_argument("--postprocess", choices=["softmax", "sigmoid"], default=None)
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="labels of a one-channel model: value >= threshold, after a sigmoid (default 0.5)")
+    add_normalisation_options(p)
     p.add_argument("--outputs", choices=["both", "probabilities", "labels"], default="both")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--chunks", type=int_or_tuple, default=None,
@@ -126,11 +157,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .io.sources import open_source
     from .models import ModelSpec
     from .run.runner import iter_predict
 
-    src = open_source(args.input, axes=args.axes)
+    src = open_input(args.input, args)
     grid = make_grid(args, src.shape[2:])
     weighting = Weighting(args.weighting, border_weight=args.border_weight)
     batch_size = args.batch_size
@@ -139,18 +169,13 @@ def cmd_predict(args) -> int:
             batch_size = int(batch_size)
         except ValueError:
             raise ValueError(f"--batch-size must be an int >= 1 or auto, got {batch_size!r}") from None
-    else:
-        from .models import auto_batch_size, load_model, resolve_device
-
-        dev = resolve_device(args.device)
-        batch_size = auto_batch_size(load_model(ModelSpec.parse(args.model), dev), src.shape[1], grid.window, dev)
     bar = None
     for event in iter_predict(
         ModelSpec.parse(args.model), src, grid, args.output,
         weighting=weighting, batch_size=batch_size, device=args.device,
         memory_budget=args.memory_budget, probabilities=args.outputs in ("both", "probabilities"),
         labels=args.outputs in ("both", "labels"), dtype=args.dtype, postprocess=args.postprocess,
-        workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
+        threshold=args.threshold, normalise=normalisation_of(args), workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
         chunks=None if args.chunks is None else per_axis(args.chunks, grid.ndim, "--chunks"),
     ):
         if event.kind == "start":

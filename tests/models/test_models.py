@@ -421,8 +421,11 @@ def test_cache_loads_once_per_device_and_reloads_changed_files(files, factory, t
 
 
 def test_objects_pass_through(files):
-    net = make_model().train()
-    assert load_model(net) is net and not net.training
+    net = make_model().eval()
+    assert load_model(net) is net  # already ready: used as it is
+    training = make_model().train()
+    ready = load_model(training)
+    assert ready is not training and not ready.training and training.training  # a private copy
     fn = lambda x: x  # noqa: E731
     assert load_model(fn) is fn
 
@@ -477,10 +480,18 @@ def test_check_model_output():
     for match, model in cases.items():
         with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
             check_model_output(model, 1, WINDOW, "cpu")
-    match = r"failed on a zeros batch of shape \(1, 3, 8, 8, 8\)"
-    with pytest.raises(ValueError, match=match) as info:
-        check_model_output(make_model(), 3, WINDOW, "cpu")  # wrong input channels
+    # wrong input channels: said in the image's terms, before running (a module) or from
+    # the model's own error (TorchScript: the last line of its trace), which is chained
+    with pytest.raises(ValueError, match=r"^the model expects 1 channels, the image has 3$"):
+        check_model_output(make_model(), 3, WINDOW, "cpu")
+    scripted = torch.jit.script(torch.nn.Conv3d(1, 2, 3, padding=1))
+    with pytest.raises(ValueError, match=r"^the model expects 1 channels, the image has 3 \(the model failed "
+                                         r"on a window of shape \(3, 8, 8, 8\)") as info:
+        check_model_output(scripted, 3, WINDOW, "cpu")
     assert isinstance(info.value.__cause__, RuntimeError)
+    assert "TorchScript" not in str(info.value)
+    with pytest.raises(ValueError, match=r"the model takes 3D windows, but the windows are 4D"):
+        check_model_output(scripted, 1, (1, *WINDOW), "cpu")
 
 
 # ---------------------------------------------------------------------------------------

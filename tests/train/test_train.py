@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import threading
 
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from napari_qlty import Grid, Weighting, clean_pairs, infer
 from napari_qlty.io.pairs_store import PairsDataset, export_pairs
 from napari_qlty.models import ModelSpec, load_model
+from napari_qlty.models.checkpoints import checkpoint_recipe
 from napari_qlty.train import (
     Ensemble,
     InMemoryPairs,
@@ -259,7 +259,8 @@ def test_trains_from_an_exported_dataset(tmp_path):
                          steps_per_epoch=2, val_samples=2)
     result = train(config, train_set, val_set, checkpoint=tmp_path / "net.pt")
     assert result.last.kind == "done"
-    assert (tmp_path / "net.pt").is_file() and (tmp_path / "net.json").is_file()
+    assert (tmp_path / "net.pt").is_file() and not (tmp_path / "net.json").exists()  # one file
+    assert checkpoint_recipe(tmp_path / "net.pt")["window"] == [16, 16, 16]
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -275,12 +276,12 @@ def test_checkpoints_reload_through_model_spec(tmp_path, arch, net):
     config = TrainConfig(arch=arch, net=net, patch=8, batch_size=2, epochs=1, steps_per_epoch=3)
     result = train(config, pairs, checkpoint=tmp_path / f"{arch}.pt")
     x = torch.randn(1, 1, 9, 12, 10)
-    # through the JSON beside it
+    # through the recipe inside it
     spec = checkpoint_spec(tmp_path / f"{arch}.pt")
-    assert spec.factory == "napari_qlty.train.networks:planar"
+    meta = checkpoint_recipe(tmp_path / f"{arch}.pt")
+    assert meta["factory"] == "napari_qlty.train.networks:planar"
     _same_outputs(load_model(spec), result.model, x)
     # and spelt out by hand, as on the command line
-    meta = json.loads((tmp_path / f"{arch}.json").read_text())
     spec = ModelSpec(str(tmp_path / f"{arch}.pt"), factory="napari_qlty.train.networks:planar",
                      factory_kwargs=meta["factory_kwargs"])
     _same_outputs(load_model(spec), result.model, x)
@@ -306,7 +307,7 @@ def test_calibration_moves_the_head_bias_only(tmp_path):
               "epochs": 1, "steps_per_epoch": 2, "class_weight_power": 1.0, "seed": 3}
     plain = train(TrainConfig(**common, calibrate=False), pairs).model.state_dict()
     result = train(TrainConfig(**common, calibrate=True), pairs, checkpoint=tmp_path / "c.pt")
-    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)["state_dict"]
     live = result.model.state_dict()
     assert all(torch.equal(saved[k], live[k]) for k in live)  # the returned model is the saved one
     log_w = torch.log(class_weights([int((pairs.labels == c).sum()) for c in (0, 1)], 1.0))
@@ -351,7 +352,7 @@ def test_batchnorm_checkpoint_reloads_and_predicts(tmp_path):
                          epochs=1, steps_per_epoch=3)
     result = train(config, pairs, checkpoint=tmp_path / "bn.pt")
     spec = checkpoint_spec(tmp_path / "bn.pt")
-    assert dict(spec.factory_kwargs)["norm"] is None
+    assert checkpoint_recipe(tmp_path / "bn.pt")["factory_kwargs"]["norm"] is None
     x = torch.randn(1, 1, 12, 14, 10)
     _same_outputs(load_model(spec), result.model, x)
     # the folded model has no batch-norm buffers, so it goes through predict as an object
@@ -426,8 +427,8 @@ def test_ensemble_checkpoint_reloads(tmp_path):
 def test_ensemble_factory_refuses_foreign_code():
     from napari_qlty.train.ensemble import ensemble
 
-    with pytest.raises(ValueError, match="napari_qlty factories"):
-        ensemble([{"factory": "os:system", "factory_kwargs": {}}])
+    with pytest.raises(ValueError, match=r"names the factory 'os:system', and napari-qlty never runs code"):
+        ensemble([{"factory": "os:system", "factory_kwargs": {"command": "echo run"}}])
 
 
 # -- scores --------------------------------------------------------------------------------

@@ -13,8 +13,12 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from ..core.inference import NORMALISATION_ATTRIBUTE, for_inference
+from ..core.intensity import Normalisation
 from .archive import check_exported_archive
+from .checkpoints import read_recipe
 from .devices import as_device
+from .factories import check_trusted
 from .spec import KIND_LABELS, PICKLED_MODEL_MESSAGE, ModelLoadError, ModelSpec, model_kind
 
 _CACHE: dict[tuple, tuple[tuple, object]] = {}
@@ -40,11 +44,12 @@ def load_model(
     """The model described by ``spec``, in eval mode on ``device``.
 
     Files are loaded once per process and device (a thread-safe cache, refreshed when the
-    file's size or modification time changes). An ``nn.Module`` is moved to the device and
-    put in eval mode; any other callable is returned as it is.
+    file's size or modification time changes). An ``nn.Module`` is returned ready for
+    inference without changing it (:func:`~napari_qlty.core.inference.for_inference`);
+    any other callable as it is.
     """
     if isinstance(spec, torch.nn.Module):
-        return spec.to(as_device(device)).eval()
+        return for_inference(spec, as_device(device))  # the caller's module is never changed
     if isinstance(spec, (str, os.PathLike)):
         spec = ModelSpec.parse(spec)
     elif not isinstance(spec, ModelSpec):
@@ -186,7 +191,7 @@ def _unpickler_reason(error: Exception) -> str:
 def _load_state_dict(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
     path = spec.path
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        obj = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         if "Unsupported global" in str(e):
             raise ModelLoadError(
@@ -199,21 +204,29 @@ def _load_state_dict(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
         raise ModelLoadError(
             f"{path} is not a model file torch can read ({type(e).__name__}: {e})"
         ) from None
-    state = _unwrap_state_dict(state, path)
-    if spec.factory is None:
+    state = _unwrap_state_dict(obj, path)
+    recipe = read_recipe(obj, path)
+    if spec.factory is not None:  # the user's choice (or a file's, then it must be trusted)
+        factory, kwargs = spec.factory, dict(spec.factory_kwargs)
+        if spec.factory_from_file:
+            check_trusted(factory, os.path.basename(path))
+    elif recipe is not None:  # a checkpoint of ours: a file names the factory
+        factory, kwargs = str(recipe.get("factory", "")), dict(recipe.get("factory_kwargs") or {})
+        check_trusted(factory, f"the checkpoint {os.path.basename(path)}")
+    else:
         raise ModelLoadError(
             f"{path} holds a state dict (weights only) and no factory says which code builds "
             "the model: give ModelSpec(path, factory='package.module:function') or, on the "
             f"command line, '{path}::package.module:function'"
         )
-    build = _import_factory(spec.factory)
+    build = import_factory(factory)
     try:
-        module = build(**dict(spec.factory_kwargs))
+        module = build(**kwargs)
     except Exception as e:
-        raise ModelLoadError(f"the factory {spec.factory} failed: {type(e).__name__}: {e}") from e
+        raise ModelLoadError(f"the factory {factory} failed: {type(e).__name__}: {e}") from e
     if not isinstance(module, torch.nn.Module):
         raise ModelLoadError(
-            f"the factory {spec.factory} returned a {type(module).__name__}, not a torch.nn.Module"
+            f"the factory {factory} returned a {type(module).__name__}, not a torch.nn.Module"
         )
     module.to(device)
     try:
@@ -221,9 +234,22 @@ def _load_state_dict(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
     except RuntimeError as e:
         raise ModelLoadError(
             f"the state dict in {os.path.basename(path)} does not fit the model built by "
-            f"{spec.factory}: {e}"
+            f"{factory}: {e}"
         ) from None
+    if recipe is not None:
+        describe(module, recipe)
     return module.eval()
+
+
+def describe(module: torch.nn.Module, recipe: dict) -> torch.nn.Module:
+    """Attach what a checkpoint says about its model: the normalisation it was trained
+    with (applied by itself in :func:`~napari_qlty.infer` and :func:`~napari_qlty.predict`),
+    and its window, axes and class names (shown by the plugin)."""
+    if recipe.get("normalisation"):
+        setattr(module, NORMALISATION_ATTRIBUTE, Normalisation.from_json(recipe["normalisation"]))
+    info = {k: recipe.get(k) for k in ("window", "axes", "classes", "name") if recipe.get(k) is not None}
+    module.napari_qlty_info = info
+    return module
 
 
 def _unwrap_state_dict(obj, path: str) -> Mapping:
@@ -255,7 +281,7 @@ def _strip_prefix(state: Mapping, module: torch.nn.Module) -> Mapping:
     return state
 
 
-def _import_factory(text: str) -> Callable:
+def import_factory(text: str) -> Callable:
     module_name, _, attr = text.partition(":")
     try:
         module = importlib.import_module(module_name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import torch
@@ -55,18 +56,56 @@ def check_output(out, in_shape: tuple[int, ...]) -> None:
         )
 
 
+_CHANNELS = re.compile(r"expected input\[[^\]]*\] to have (\d+) channels, but got (\d+) channels")
+_DIMENSIONS = re.compile(r"Expected (\d+)D \(unbatched\) or (\d+)D \(batched\) input to conv(\d)d, "
+                         r"but got input of size: \[([^\]]*)\]")
+
+
+def model_message(error: BaseException) -> str:
+    """The model's own reason for failing, in one line.
+
+    TorchScript wraps it in a trace of the scripted code: its last line is the reason.
+    A wrong number of channels or of axes is said in the image's terms.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(error).__name__
+    if ": " in text and text.split(": ", 1)[0].endswith(("Error", "Exception")):
+        text = text.split(": ", 1)[1]
+    channels = _CHANNELS.search(text)
+    if channels:
+        return f"the model expects {channels.group(1)} channels, the image has {channels.group(2)}"
+    dims = _DIMENSIONS.search(text)
+    if dims:
+        spatial = int(dims.group(3))
+        given = len([d for d in dims.group(4).split(",") if d.strip()]) - 2
+        return (f"the model takes {spatial}D windows, but the windows are {given}D: "
+                f"tile {spatial} axes (for a time-lapse, run each time point on its own)")
+    return text
+
+
+def expected_channels(model) -> int | None:
+    """The input channels a module says it takes: its ``in_channels`` (our networks, and
+    convolutions), or the first layer's of an ``nn.Sequential``; None when it does not say."""
+    if isinstance(model, torch.jit.ScriptModule):
+        return None
+    if isinstance(model, torch.nn.Sequential) and len(model):
+        return expected_channels(model[0])
+    value = getattr(model, "in_channels", None) if isinstance(model, torch.nn.Module) else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def call_checked(model: Callable, x: torch.Tensor, dtype: torch.dtype):
-    """``model(x)`` without gradients; a failure other than out-of-memory becomes a ValueError."""
+    """``model(x)`` without gradients; a failure other than out-of-memory becomes a ValueError
+    that says the model's own reason."""
     try:
         with torch.no_grad():
             return model(x)
     except Exception as e:
         if is_oom(e):
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(
-            f"the model failed on a zeros batch of shape {tuple(x.shape)} ({dtype}, {x.device}): "
-            f"{type(e).__name__}: {first}{_export_hint(model)}"
+            f"{model_message(e)} (the model failed on a window of shape {tuple(x.shape[1:])}, "
+            f"{str(dtype).removeprefix('torch.')}, on {x.device}){_export_hint(model)}"
         ) from e
 
 
@@ -83,6 +122,9 @@ def check_model_output(
     or if the model fails on the window (the failure is chained).
     """
     dev = as_device(device)
+    expected = expected_channels(model)
+    if expected is not None and expected != int(in_channels):
+        raise ValueError(f"the model expects {expected} channels, the image has {int(in_channels)}")
     shape = (1, int(in_channels), *(int(w) for w in window))
     out = call_checked(model, torch.zeros(shape, dtype=dtype, device=dev), dtype)
     check_output(out, shape)

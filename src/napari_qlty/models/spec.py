@@ -40,11 +40,14 @@ class ModelSpec:
     ``factory`` is ``"package.module:function"``; ``factory_kwargs`` its keyword arguments
     as ``((name, value), ...)`` (a dict is accepted and sorted). Values should be plain
     (JSON-like) data: they travel to every worker and into the fingerprint.
+    ``factory_from_file`` marks a factory that a file named rather than the user: it is
+    built only if trusted (see :mod:`~napari_qlty.models.factories`).
     """
 
     path: str
     factory: str | None = None
     factory_kwargs: tuple[tuple[str, object], ...] = ()
+    factory_from_file: bool = False
 
     def __post_init__(self) -> None:
         path = os.fspath(self.path)
@@ -74,7 +77,7 @@ class ModelSpec:
         object.__setattr__(self, "factory_kwargs", tuple(sorted(pairs, key=lambda kv: kv[0])))
 
     def __hash__(self) -> int:  # values need not be hashable (lists, dicts)
-        return hash((self.path, self.factory, repr(self.factory_kwargs)))
+        return hash((self.path, self.factory, repr(self.factory_kwargs), self.factory_from_file))
 
     @classmethod
     def parse(cls, text: str | os.PathLike | ModelSpec) -> ModelSpec:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.intensity import IDENTITY, Fitted
 from ..core.pairs import IGNORE
 from .networks import reflect_index, stack_slices
 
@@ -34,23 +35,26 @@ __all__ = ["Batch", "InMemoryPairs", "PlanarSampler", "VolumeSampler", "as_pairs
 
 
 class InMemoryPairs:
-    """Pairs held as two tensors: images (K, C, *w) float32, labels (K, *w) int16.
+    """Pairs held as two tensors: images (K, C, *w) float32, labels (K, *w) int16 or int32.
 
-    Samples come out with int64 labels (what the loss takes); int16 keeps the paper's
-    256 windows of 64^3 at 134 MB of labels instead of 537 MB.
+    ``intensity`` maps the images as the model will see them (statistics of the whole
+    volume the pairs were cut from, never of one pair). Samples come out with int64
+    labels (what the loss takes); int16 keeps the paper's 256 windows of 64^3 at 134 MB
+    of labels instead of 537 MB, int32 is used when a label value needs it.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ignore_label: int = IGNORE) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, ignore_label: int = IGNORE,
+                 intensity: Fitted = IDENTITY) -> None:
         if images.shape[0] != labels.shape[0] or tuple(images.shape[2:]) != tuple(labels.shape[1:]):
             raise ValueError(
                 f"images {tuple(images.shape)} and labels {tuple(labels.shape)} do not pair up: "
                 "expected (K, C, *window) and (K, *window)"
             )
-        if labels.numel() and (int(labels.min()) < -(1 << 15) or int(labels.max()) >= (1 << 15)):
-            raise ValueError("labels must fit int16")
-        self.images = images.to(torch.float32)
-        self.labels = labels.to(torch.int16)
+        small = not labels.numel() or (int(labels.min()) >= -(1 << 15) and int(labels.max()) < (1 << 15))
+        self.images = intensity.apply(images.to(torch.float32, copy=True))
+        self.labels = labels.to(torch.int16 if small else torch.int32)
         self.ignore_label = int(ignore_label)
+        self.intensity = intensity
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -59,37 +63,41 @@ class InMemoryPairs:
         return self.images[i], self.labels[i].long()
 
 
-def as_pairs(data, ignore_label: int | None = None, max_bytes: int = 2 << 30) -> InMemoryPairs:
+def as_pairs(data, ignore_label: int | None = None, max_bytes: int = 2 << 30,
+             intensity: Fitted | None = None) -> InMemoryPairs:
     """``PairsDataset``, ``TrainingPairs``, ``(images, labels)`` or a sequence of pairs, in memory.
 
-    Sparse training sets are small (the paper's: 256 windows of 64^3, 268 MB); anything
-    over ``max_bytes`` is refused rather than swapped.
+    ``intensity`` (default: the one the data carries, e.g. an export's, else none) maps
+    the images. Sparse training sets are small (the paper's: 256 windows of 64^3, 268
+    MB); anything over ``max_bytes`` is refused rather than swapped.
     """
     if isinstance(data, InMemoryPairs):
         return data
+    if intensity is None:
+        intensity = getattr(data, "intensity", None) or IDENTITY
     if hasattr(data, "images") and hasattr(data, "labels") and isinstance(data.images, torch.Tensor):
         ignore = data.ignore_label if ignore_label is None else ignore_label
-        return InMemoryPairs(data.images, data.labels, int(ignore))
+        return InMemoryPairs(data.images, data.labels, int(ignore), intensity)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        return InMemoryPairs(data[0], data[1], IGNORE if ignore_label is None else ignore_label)
+        return InMemoryPairs(data[0], data[1], IGNORE if ignore_label is None else ignore_label, intensity)
     n = len(data)
     if n == 0:
         raise ValueError("no training pairs: the export kept no window (are there any labels?)")
     image, labels = data[0]
-    need = n * (image.numel() * 4 + labels.numel() * 2)
+    need = n * (image.numel() * 4 + labels.numel() * 4)
     if need > max_bytes:
         raise MemoryError(
             f"{n} pairs need {need / 2**30:.1f} GiB in memory (limit {max_bytes / 2**30:.1f} GiB); "
             "train on a subset (PairsDataset(path, indices))"
         )
-    images = torch.empty((n, *image.shape), dtype=torch.float32)
-    label_arr = torch.empty((n, *labels.shape), dtype=torch.int16)
+    images = torch.empty((n, *image.shape), dtype=image.dtype)
+    label_arr = torch.empty((n, *labels.shape), dtype=torch.int32)
     for i in range(n):
         im, lab = data[i]
         images[i] = torch.as_tensor(im)
-        label_arr[i] = torch.as_tensor(np.asarray(lab).astype(np.int16))
+        label_arr[i] = torch.as_tensor(np.asarray(lab).astype(np.int32))
     ignore = getattr(data, "ignore_label", IGNORE) if ignore_label is None else ignore_label
-    return InMemoryPairs(images, label_arr, int(ignore))
+    return InMemoryPairs(images, label_arr, int(ignore), intensity)
 
 
 @dataclass

@@ -16,14 +16,16 @@ An ensemble saved with :func:`save_ensemble` is one state dict plus a JSON recip
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .trainer import checkpoint_spec, load_checkpoint, save_checkpoint
+from ..models.checkpoints import checkpoint_recipe
+from ..models.factories import check_trusted
+from ..models.loading import import_factory
+from .trainer import load_checkpoint, save_checkpoint
 
 __all__ = ["Ensemble", "ensemble", "load_ensemble", "save_ensemble"]
 
@@ -63,28 +65,19 @@ class Ensemble(nn.Module):
         return total
 
 
-def _build(recipe: dict) -> nn.Module:
-    module_name, _, attr = recipe["factory"].partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj(**dict(recipe.get("factory_kwargs") or {}))
-
-
 def ensemble(members: Sequence[dict], weights: Sequence[float] | None = None,
              output: str = "probabilities") -> Ensemble:
     """Factory for :class:`ModelSpec`: members given as ``{"factory": ..., "factory_kwargs": ...}``.
 
-    Only factories inside ``napari_qlty`` are accepted here (a recipe file must not be
-    able to import arbitrary code); a member of your own goes into an :class:`Ensemble`
-    built in Python.
+    The members' factories come from a file (the ensemble's recipe), so each must be
+    trusted (see :mod:`napari_qlty.models.factories`); a member of your own goes into an
+    :class:`Ensemble` built in Python.
     """
     modules = []
     for recipe in members:
         factory = str(recipe.get("factory", ""))
-        if not factory.startswith("napari_qlty."):
-            raise ValueError(f"ensemble members must use napari_qlty factories, got {factory!r}")
-        modules.append(_build(recipe))
+        check_trusted(factory, "the ensemble's recipe")
+        modules.append(import_factory(factory)(**dict(recipe.get("factory_kwargs") or {})))
     return Ensemble(modules, weights=weights, output=output)
 
 
@@ -100,9 +93,14 @@ def save_ensemble(model: Ensemble, path: str | Path, member_paths: Sequence[str 
     their recipes). Reload with :func:`napari_qlty.train.load_checkpoint`."""
     if len(member_paths) != len(model.members):
         raise ValueError(f"{len(model.members)} members but {len(member_paths)} checkpoint paths")
-    recipes = []
+    recipes, shared = [], {}
     for p in member_paths:
-        spec = checkpoint_spec(p)
-        recipes.append({"factory": spec.factory, "factory_kwargs": dict(spec.factory_kwargs)})
+        recipe = checkpoint_recipe(p)
+        if recipe is None:
+            raise ValueError(f"{p} is not a napari-qlty checkpoint")
+        recipes.append({"factory": recipe["factory"], "factory_kwargs": recipe.get("factory_kwargs") or {}})
+        for key in ("window", "axes", "classes", "normalisation"):  # what the members share
+            if recipe.get(key) is not None:
+                shared.setdefault(key, recipe[key])
     return save_checkpoint(model, path, ENSEMBLE_FACTORY,
-                           {"members": recipes, "weights": model.weights, "output": model.output})
+                           {"members": recipes, "weights": model.weights, "output": model.output}, shared)

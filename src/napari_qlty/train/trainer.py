@@ -20,7 +20,6 @@ naming the factory and its arguments, so :func:`checkpoint_spec` gives the
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -33,10 +32,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.intensity import Fitted
 from ..core.pairs import IGNORE
 from ..io import formats
-from ..io.formats import jsonable
 from ..models import ModelSpec, load_model, resolve_device
+from ..models.checkpoints import checkpoint_recipe, write_checkpoint
+from ..models.loading import describe
 from .data import Batch, PlanarSampler, VolumeSampler, as_pairs
 from .metrics import confusion_matrix, f1_scores
 from .networks import ARCHITECTURES, FACTORIES, fold_batchnorm, planar
@@ -220,41 +221,25 @@ def build_model(config: TrainConfig, ndim: int = 3) -> torch.nn.Module:
     return ARCHITECTURES[config.arch](**kwargs)
 
 
-def _json_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
 def save_checkpoint(model: torch.nn.Module | dict, path: str | Path, factory: str, factory_kwargs: dict,
                     extra: dict | None = None) -> Path:
-    """Write ``model``'s state dict (or a state dict) to ``path`` and its recipe to ``path`` with ``.json``.
+    """Write ``model``'s weights (or a state dict) and its recipe to the one file ``path``.
 
-    Both are written under temporary names and renamed, so a reader never sees a half
-    checkpoint. Returns the path of the state dict.
+    The recipe is the factory and its arguments plus ``extra`` (the window, axes, class
+    names, normalisation and training configuration); see
+    :mod:`napari_qlty.models.checkpoints`. Written under a temporary name and renamed, so
+    a reader never sees half a checkpoint. Returns ``path``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = model if isinstance(model, dict) else {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(state, tmp)
-    meta = {"format": CHECKPOINT_FORMAT, "factory": factory, "factory_kwargs": factory_kwargs,
-            **(extra or {})}
-    jtmp = _json_path(path).with_name(_json_path(path).name + ".partial")
-    jtmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=jsonable))
-    tmp.replace(path)
-    jtmp.replace(_json_path(path))
-    return path
+    state = model if isinstance(model, dict) else model.state_dict()
+    return write_checkpoint(state, path, {"factory": factory, "factory_kwargs": factory_kwargs, **(extra or {})})
 
 
 def checkpoint_spec(path: str | Path) -> ModelSpec:
-    """The :class:`ModelSpec` that reloads the checkpoint at ``path`` (reads its JSON)."""
-    path = Path(path)
-    meta_path = _json_path(path)
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: a napari-qlty checkpoint has a JSON file beside it")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{meta_path} is not a napari-qlty checkpoint description")
-    return ModelSpec(str(path), factory=meta["factory"], factory_kwargs=meta["factory_kwargs"])
+    """The :class:`ModelSpec` that reloads the checkpoint at ``path`` anywhere (the CLI, a
+    dask worker): its recipe is read from the file, and its factory must be trusted."""
+    if checkpoint_recipe(path) is None:
+        raise ValueError(f"{path} is not a napari-qlty checkpoint")
+    return ModelSpec(str(path))
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> torch.nn.Module:
@@ -345,8 +330,15 @@ def iter_train(
     model: torch.nn.Module | None = None,
     checkpoint: str | Path | None = None,
     stop: Callable[[], bool] | threading.Event | None = None,
+    intensity: Fitted | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> Iterator[TrainEvent]:
     """Train on ``train_data`` (PairsDataset, TrainingPairs, (images, labels) or pairs).
+
+    ``intensity`` maps the images as the model will see them (default: the one the data
+    carries, e.g. an export's, else none); the trained model carries its recipe and
+    applies it by itself at inference. ``class_names`` go into the checkpoint. Training
+    on fewer than two labelled classes is refused: nothing could be learnt.
 
     Yields a "start" event, a "step" event every ``config.log_every`` steps, an "epoch"
     event after each epoch (with validation loss and macro F1 when ``val_data`` is given,
@@ -360,19 +352,27 @@ def iter_train(
     device = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(int(config.threads))
-    train_pairs = as_pairs(train_data)
+    train_pairs = as_pairs(train_data, intensity=intensity)
+    intensity = train_pairs.intensity
     ignore = train_pairs.ignore_label
     ndim = train_pairs.labels.ndim - 1
     sampler = _sampler(config, train_pairs, augment=config.augment, seed=config.seed)
     val_batches = []
     if val_data is not None and len(val_data):
-        val_sampler = _sampler(config, as_pairs(val_data), augment=False, seed=config.seed + 1)
+        val_sampler = _sampler(config, as_pairs(val_data, intensity=intensity), augment=False, seed=config.seed + 1)
         val_batches = val_sampler.fixed_batches(config.val_samples, config.batch_size, seed=config.seed + 1)
     if model is None:
         model = build_model(config, ndim)
     model.to(device)
     net = _net(model, config)
     counts = sampler.class_counts(config.classes)
+    present = [int(c) for c in np.nonzero(counts)[0]]
+    if len(present) < 2:
+        which = f"only class {present[0]}" if present else "no class"
+        raise ValueError(
+            f"the labels hold {which}: training needs labels of at least two classes "
+            "(for example background and the object to find)"
+        )
     weight = None
     if config.class_weight_power is not None:
         weight = class_weights(counts, config.class_weight_power).to(device)
@@ -391,6 +391,8 @@ def iter_train(
     if kwargs.get("norm") == "batch":
         kwargs["norm"] = None  # saved with its batch norms folded into the convolutions
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    recipe = {"window": list(train_pairs.labels.shape[1:]), "normalisation": intensity.normalisation.to_json(),
+              "classes": list(class_names) if class_names is not None else None}
     weights_text = "none" if weight is None else "[" + ", ".join(f"{w:.2f}" for w in weight.tolist()) + "]"
     yield TrainEvent("start", 0, total_steps, 0, config.epochs, time.perf_counter() - t0,
                      message=f"{len(train_pairs)} training pairs, {len(val_data) if val_data is not None else 0} "
@@ -433,7 +435,7 @@ def iter_train(
         written = None
         if ckpt_path is not None:
             written = str(save_checkpoint(deployable(model, log_weight), ckpt_path, factory, kwargs, {
-                "config": config.to_json(), "epoch": epoch, "step": step, **history}))
+                **recipe, "config": config.to_json(), "epoch": epoch, "step": step, **history}))
         yield TrainEvent("epoch", step, total_steps, epoch, config.epochs, time.perf_counter() - t0,
                          loss=float(np.mean(losses_epoch)) if losses_epoch else None,
                          lr=optimiser.param_groups[0]["lr"], val_loss=val_loss, val_f1=val_f1,
@@ -442,6 +444,7 @@ def iter_train(
         if kind == "stopped":
             break
     deployable(model, log_weight, copy=False).eval()
+    describe(model, recipe)  # the model applies its normalisation by itself from now on
     message = "" if kind == "done" else (
         "time limit reached" if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds
         else "stopped")

@@ -138,6 +138,30 @@ class Source:
         self._lock = threading.Lock()
         self._reader = reader
         self._handle = handle
+        self._stored_chunks = None if stored_chunks is None else tuple(stored_chunks)
+
+    def time_as_images(self) -> Source:
+        """This data with its time axis as the image axis: each time point is tiled (and
+        run through a model) on its own, and results keep the time axis first."""
+        if "t" not in self.stored_axes:
+            return self
+        if "n" in self.stored_axes:
+            raise ValueError(
+                f"the data has both an image axis (n) and a time axis (t) ({self.stored_axes}); "
+                "give its axes with n for the one to run image by image"
+            )
+        keep = [i for i, a in enumerate(self.spatial_axes) if a != "t"]
+
+        def drop_t(values):
+            return None if values is None else tuple(values[i] for i in keep)
+
+        return Source(
+            self._opener, stored_shape=self.stored_shape, dtype=self.dtype,
+            stored_axes=self.stored_axes.replace("t", "n"), axes_guessed=self.axes_guessed,
+            spacing=drop_t(self.spacing), offset=drop_t(self.offset), units=drop_t(self.units),
+            stored_chunks=self._stored_chunks, fingerprint=self.fingerprint + ":t-as-n",
+            kind=self.kind, location=self.location, extra=self._extra, reader=self._reader,
+        )
 
     # -- geometry ------------------------------------------------------------------------
     @property
