@@ -100,12 +100,12 @@ def test_predict_cli_matches_engine_and_resumes(files, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--window", "0", "--step", "8"], "window"),
-        (["--window", "16", "--step", "0"], "step"),
-        (["--window", "16", "--step", "8", "--border", "8"], "border"),
-        (["--window", "64", "--step", "8"], "window"),
-        (["--window", "16,16", "--step", "8"], "window has 2 values"),
-        (["--window", "16", "--step", "8", "--border", "4", "--border-weight", "1.5"], "border_weight"),
+        (["--window", "0", "--step", "8"], "--window along z must be >= 1, got 0"),
+        (["--window", "16", "--step", "0"], "--step along z must be in [1, --window along z=16]"),
+        (["--window", "16", "--step", "8", "--border", "8"], "--border along z must be in [0, 7]"),
+        (["--window", "64", "--step", "8"], "or pass --pad reflect or --pad constant"),
+        (["--window", "16,16", "--step", "8"], "--window has 2 values"),
+        (["--window", "16", "--step", "8", "--border", "4", "--border-weight", "1.5"], "--border-weight must be in [0, 1]"),
         (["--window", "16", "--step", "16", "--border", "2", "--border-weight", "0"], "no weight"),
         (["--window", "16", "--step", "8", "--memory-budget", "lots"], "memory budget"),
         (["--window", "16", "--step", "8", "--device", "cuda"], "cuda"),
@@ -136,3 +136,62 @@ def test_help_for_each_command():
 
 def test_store_error_is_a_value_error():
     assert issubclass(StoreError, ValueError)
+
+
+# -- one labels convention --------------------------------------------------------------------
+@pytest.fixture
+def our_labels(files):
+    """The same labels as the widget's store writes them: 0 = unlabelled, class k = value k + 1."""
+    from napari_qlty.io import labels_store
+
+    tmp, image, labels, _ = files
+    arr = labels_store.create(tmp / "ours.zarr", labels.shape, {1: "background", 2: "filament"})
+    arr[...] = (labels + 1).astype(np.uint8)
+    return tmp / "ours.zarr"
+
+
+def test_our_labels_store_means_zero_is_unlabelled(files, our_labels, capsys):
+    tmp, image, labels, _ = files
+    grid = ["--window", "16", "--step", "8"]
+    assert main(["plan", str(tmp / "image.npy"), *grid, "--labels", str(tmp / "labels.zarr")]) == 0
+    engine = capsys.readouterr().out
+    assert main(["plan", str(tmp / "image.npy"), *grid, "--labels", str(our_labels)]) == 0
+    ours = capsys.readouterr().out
+    assert "0 = unlabelled, 1.. = classes" in ours
+    table = lambda out: [line for line in out.splitlines() if line.startswith(("windows", "labelled"))]  # noqa: E731
+    assert table(ours) == table(engine)  # class 0 is not counted as 1.9 M labelled voxels
+    expected = clean_pairs(torch.from_numpy(image)[None, None], torch.from_numpy(labels)[None].long(), Grid(image.shape, 16, 8))
+    assert main(["export", str(tmp / "image.npy"), str(our_labels), str(tmp / "p.zarr"), *grid]) == 0
+    ds = PairsDataset(tmp / "p.zarr")
+    assert len(ds) == len(expected)
+    torch.testing.assert_close(ds[0][1], expected.labels[0].long())
+
+
+def test_an_ignore_label_the_dtype_cannot_hold_is_an_error(files, capsys):
+    tmp, image, labels, _ = files
+    zarr.create_array(str(tmp / "u8.zarr"), data=(labels + 1).astype(np.uint8))
+    argv = ["plan", str(tmp / "image.npy"), "--window", "16", "--step", "8", "--labels", str(tmp / "u8.zarr")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "uint8 (0..255), which cannot hold the ignore label -1" in err and "--ignore-label" in err
+    assert main([*argv, "--ignore-label", "0"]) == 0
+
+
+def test_dense_labels_are_warned_about(files, capsys):
+    tmp, image, labels, _ = files
+    zarr.create_array(str(tmp / "dense.zarr"), data=(labels + 1).astype(np.int16))  # 0 everywhere else
+    assert main(["plan", str(tmp / "image.npy"), "--window", "16", "--step", "8",
+                 "--labels", str(tmp / "dense.zarr")]) == 0
+    err = capsys.readouterr().err
+    assert "% of the voxels carry a label" in err and "--ignore-label" in err
+
+
+def test_uint16_label_values_survive_export(files):
+    tmp, image, labels, _ = files
+    big = np.zeros(labels.shape, np.uint16)
+    big[labels == 0], big[labels == 1] = 40000, 65535
+    zarr.create_array(str(tmp / "u16.zarr"), data=big)
+    assert main(["export", str(tmp / "image.npy"), str(tmp / "u16.zarr"), str(tmp / "p16.zarr"),
+                 "--window", "16", "--step", "8", "--ignore-label", "0"]) == 0
+    values = np.unique(zarr.open_group(str(tmp / "p16.zarr"), mode="r")["labels"][...])
+    assert set(values.tolist()) == {-1, 40000, 65535}

@@ -1,9 +1,14 @@
-"""The command line: ``napari-qlty plan | export | predict`` for the jobs without a screen."""
+"""The command line: ``napari-qlty plan | export | predict`` for the jobs without a screen.
+
+Every error is one line naming the flag and its valid range, and the exit status is 2;
+nothing the run did not create is ever replaced.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from tqdm import tqdm
@@ -11,9 +16,17 @@ from tqdm import tqdm
 from .core.grid import Grid, parse_per_axis, per_axis
 from .core.intensity import MODES as NORMALISATIONS
 from .core.intensity import Normalisation
-from .io.sources import open_source
+from .core.labels import DenseLabelsWarning, LabelConvention, LabelView
+from .core.pairs import as_label_volume
 from .core.weights import MODES, Weighting
+from .io import labels_store
 from .io.formats import StoreError
+from .io.sources import open_source
+
+#: the flags that fix what the engine's messages call a parameter
+FLAGS = {"window": "--window", "step": "--step", "border": "--border", "border_weight": "--border-weight",
+         "ignore_label": "--ignore-label", "min_labelled": "--min-labelled", "batch_size": "--batch-size",
+         "threshold": "--threshold", "chunks": "--chunks"}
 
 
 def int_or_tuple(text: str) -> int | tuple[int, ...]:
@@ -24,16 +37,29 @@ def int_or_tuple(text: str) -> int | tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e).removeprefix("value: ")) from None
 
 
-def add_grid_options(p: argparse.ArgumentParser, window=None, step=None, border=0) -> None:
-    g = p.add_argument_group("grid (one value for all axes, or one per axis: 64,128,128)")
-    g.add_argument("--window", type=int_or_tuple, required=window is None, default=window)
-    g.add_argument("--step", type=int_or_tuple, required=step is None, default=step)
-    g.add_argument("--border", type=int_or_tuple, default=border)
-    g.add_argument("--pad", choices=["reflect", "constant"], default=None,
-                   help="pad axes smaller than the window (default: error)")
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input")
     g.add_argument("--axes", default=None, help="the input's axes, e.g. zyx, czyx or zyxc (default: from metadata)")
     g.add_argument("--each-time-point", action="store_true",
                    help="run every time point on its own (t becomes the image axis: a 3D model on a time-lapse)")
+
+
+def add_grid_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("grid (one value for all axes, or one per axis: 64,128,128)")
+    g.add_argument("--window", type=int_or_tuple, required=True)
+    g.add_argument("--step", type=int_or_tuple, required=True)
+    g.add_argument("--border", type=int_or_tuple, default=0)
+    g.add_argument("--pad", choices=["reflect", "constant"], default=None,
+                   help="pad axes smaller than the window (default: error)")
+    add_input_options(p)
+
+
+def add_labels_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("labels (a napari-qlty labels store says itself: 0 = unlabelled, 1.. = classes)")
+    g.add_argument("--ignore-label", type=int, default=None,
+                   help="the value that marks unlabelled voxels in labels that are not ours "
+                        "(default -1; every other value is a class)")
+    g.add_argument("--min-labelled", type=int, default=1)
 
 
 def add_normalisation_options(p: argparse.ArgumentParser) -> None:
@@ -45,7 +71,7 @@ def add_normalisation_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--high", type=float, default=None)
 
 
-def normalisation_of(args):
+def normalisation_of(args) -> Normalisation | None:
     if args.normalise is None:
         if args.low is not None or args.high is not None:
             raise ValueError("--low and --high need --normalise percentile or range")
@@ -55,32 +81,51 @@ def normalisation_of(args):
 
 def open_input(path: str, args):
     src = open_source(path, axes=args.axes)
-    return src.time_as_images() if getattr(args, "each_time_point", False) else src
+    return src.time_as_images() if args.each_time_point else src
 
 
-def make_grid(args, spatial_shape) -> Grid:
-    return Grid(spatial_shape, args.window, args.step, args.border, pad=args.pad)
+def open_labels(path: str, args, grid: Grid) -> LabelView:
+    """The labels as the engine reads them, in the convention their store states, or
+    with ``--ignore-label`` as the unlabelled value."""
+    src = open_input(path, args)
+    if src.shape[1] != 1:
+        raise ValueError(f"labels must have one channel, got {src.shape[1]} ({path})")
+    meta = labels_store.read_meta(path)
+    if meta is not None:
+        if args.ignore_label is not None and args.ignore_label != labels_store.CONVENTION.unlabelled:
+            raise ValueError(f"{path} is a napari-qlty labels store (0 = unlabelled): drop --ignore-label")
+        convention = labels_store.CONVENTION
+    else:
+        convention = LabelConvention(-1 if args.ignore_label is None else args.ignore_label, 0)
+    try:
+        return LabelView(as_label_volume(src, grid), convention)
+    except ValueError as e:
+        raise ValueError(f"{e} (--ignore-label; labels: {path})") from None
+
+
+def make_grid(args, src) -> Grid:
+    return Grid(src.shape[2:], args.window, args.step, args.border, pad=args.pad, axes=src.axes[2:],
+                pad_advice="pass --pad reflect or --pad constant")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-qlty", description=__doc__)
+    parser = argparse.ArgumentParser(prog="napari-qlty", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="show the window grid (and the labels it keeps) without running a model")
     p.add_argument("input", help="image: zarr, OME-Zarr, TIFF, MRC, .npy or a zarr URL")
     add_grid_options(p)
     p.add_argument("--labels", help="sparse labels: also count the windows an export keeps (Table 2)")
-    p.add_argument("--ignore-label", type=int, default=-1)
-    p.add_argument("--min-labelled", type=int, default=1)
+    add_labels_options(p)
 
     p = sub.add_parser("export", help="write cleaned training pairs (image + sparse labels) to zarr")
     p.add_argument("input", help="image")
-    p.add_argument("labels", help="sparse labels, ignore-label where unlabelled")
+    p.add_argument("labels", help="sparse labels: a napari-qlty labels store, or any array with --ignore-label")
     p.add_argument("output", help="output .zarr")
     add_grid_options(p)
-    p.add_argument("--ignore-label", type=int, default=-1)
-    p.add_argument("--min-labelled", type=int, default=1)
-    p.add_argument("--overwrite", action="store_true")
+    add_labels_options(p)
+    add_normalisation_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an export of ours at OUTPUT")
 
     p = sub.add_parser("predict", help="run a model over a volume into a zarr store (resumable)")
     p.add_argument("input", help="image")
@@ -91,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_grid_options(p)
     p.add_argument("--border-weight", type=float, default=1.0)
     p.add_argument("--weighting", choices=[m for m in MODES if m != "map"], default="border")
-    p.add_argument("--batch-size", default="4", help="windows per batch, or auto")
+    p.add_argument("--batch-size", default="4", help="windows per batch, or auto (within --memory-budget)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--memory-budget", default=None, help="e.g. 2GiB (default: half the free memory, <= 4GiB)")
     p.add_argument("--postprocess", choices=["softmax", "sigmoid"], default=None)
@@ -104,47 +149,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output chunk edge per axis (default 128 in 3D, 1024 in 2D)")
     p.add_argument("--workers", type=int, default=1, help="regions run at once on local threads")
     p.add_argument("--scheduler", default=None, help="a dask scheduler address (tcp://host:8786)")
-    p.add_argument("--overwrite", action="store_true", help="replace whatever is at OUTPUT")
+    p.add_argument("--overwrite", action="store_true", help="replace a prediction of ours at OUTPUT")
     return parser
 
 
 def cmd_plan(args) -> int:
     from .core.pairs import select_windows
-    from .io.sources import open_source
 
-    src = open_source(args.input, axes=args.axes)
-    grid = make_grid(args, src.shape[2:])
+    src = open_input(args.input, args)
+    grid = make_grid(args, src)
     print(f"input      {src.describe()}")
     print(f"grid       window {grid.window}, step {grid.step}, border {grid.border}")
     print(f"windows    {' x '.join(map(str, grid.counts))} = {len(grid)} per image, "
           f"{len(grid) * src.shape[0]} in all")
     print(f"duplication {grid.duplication:.2f} (voxels in windows / voxels)")
     if args.labels:
-        labels = open_source(args.labels, axes=args.axes)
-        kept, stats = select_windows(_label_view(labels), grid, ignore_label=args.ignore_label,
-                                     min_labelled=args.min_labelled)
+        labels = open_labels(args.labels, args, grid)
+        print(f"labels     {labels.convention.describe()}")
+        _, stats = select_windows(labels, grid, min_labelled=args.min_labelled)
         print(stats.table())
     return 0
 
 
-def _label_view(src):
-    """A (N, C=1, *spatial) source as (N, *spatial)."""
-    if src.shape[1] != 1:
-        raise ValueError(f"labels must have one channel, got {src.shape[1]}")
-    return src
-
-
 def cmd_export(args) -> int:
     from .io.pairs_store import export_pairs
-    from .io.sources import open_source
 
-    image = open_source(args.input, axes=args.axes)
-    labels = _label_view(open_source(args.labels, axes=args.axes))
-    grid = make_grid(args, image.shape[2:])
+    image = open_input(args.input, args)
+    grid = make_grid(args, image)
+    labels = open_labels(args.labels, args, grid)
     bar = None
     stats = None
-    for written, total, stats in export_pairs(image, labels, grid, args.output, ignore_label=args.ignore_label,
-                                              min_labelled=args.min_labelled, overwrite=args.overwrite):
+    for written, total, stats in export_pairs(image, labels, grid, args.output, min_labelled=args.min_labelled,
+                                              overwrite=args.overwrite, normalise=normalisation_of(args)):
         if bar is None:
             bar = tqdm(total=total, unit="pair", desc="export")
         bar.update(written - bar.n)
@@ -161,7 +197,7 @@ def cmd_predict(args) -> int:
     from .run.runner import iter_predict
 
     src = open_input(args.input, args)
-    grid = make_grid(args, src.shape[2:])
+    grid = make_grid(args, src)
     weighting = Weighting(args.weighting, border_weight=args.border_weight)
     batch_size = args.batch_size
     if batch_size != "auto":
@@ -175,7 +211,8 @@ def cmd_predict(args) -> int:
         weighting=weighting, batch_size=batch_size, device=args.device,
         memory_budget=args.memory_budget, probabilities=args.outputs in ("both", "probabilities"),
         labels=args.outputs in ("both", "labels"), dtype=args.dtype, postprocess=args.postprocess,
-        threshold=args.threshold, normalise=normalisation_of(args), workers=args.workers, scheduler=args.scheduler, overwrite=args.overwrite,
+        threshold=args.threshold, normalise=normalisation_of(args), workers=args.workers,
+        scheduler=args.scheduler, overwrite=args.overwrite,
         chunks=None if args.chunks is None else per_axis(args.chunks, grid.ndim, "--chunks"),
     ):
         if event.kind == "start":
@@ -191,13 +228,36 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def in_flags(message: str) -> str:
+    """An engine message in this interface's words: parameters as flags."""
+    for name, flag in sorted(FLAGS.items(), key=lambda kv: -len(kv[0])):
+        message = message.replace(f"{name}[", f"{flag}[").replace(f"{name} along", f"{flag} along")
+        message = message.replace(f"{name}=", f"{flag} ").replace(f"{name} must", f"{flag} must")
+        message = message.replace(f"{name} has ", f"{flag} has ")
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    command = {"plan": cmd_plan, "export": cmd_export, "predict": cmd_predict}[args.command]
     try:
-        return {"plan": cmd_plan, "export": cmd_export, "predict": cmd_predict}[args.command](args)
-    except (ValueError, TypeError, StoreError, FileNotFoundError, ImportError, IndexError) as err:
-        print(f"napari-qlty {args.command}: error: {err}", file=sys.stderr)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DenseLabelsWarning)
+            code = command(args)
+        for w in caught:
+            if issubclass(w.category, DenseLabelsWarning):
+                print(f"napari-qlty {args.command}: warning: {w.message}; if another value marks "
+                      "unlabelled voxels, give it with --ignore-label", file=sys.stderr)
+            else:
+                warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+        return code
+    except StoreError as err:
+        hint = " (pass --overwrite to replace it)" if err.remedy == "overwrite" else ""
+        print(f"napari-qlty {args.command}: error: {err}{hint}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, FileNotFoundError, ImportError, IndexError) as err:
+        print(f"napari-qlty {args.command}: error: {in_flags(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"napari-qlty {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)

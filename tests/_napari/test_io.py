@@ -160,3 +160,29 @@ def test_writer_round_trip_with_class_names(tmp_path):
     with pytest.raises(ValueError, match=">= 0"):
         writer.write_labels(str(tmp_path / "neg.zarr"), np.full((2, 2), -1, np.int8), {})
     assert not (tmp_path / "neg.zarr").exists()
+
+
+def test_writer_never_replaces_what_is_not_a_labels_store_of_ours(tmp_path):
+    from napari_qlty import Grid
+    from napari_qlty.io.formats import StoreError
+    from napari_qlty.io.pairs_store import PairsDataset, export_pairs
+
+    image = np.random.default_rng(0).standard_normal((1, 1, 8, 12, 12)).astype(np.float32)
+    sparse = np.full((1, 8, 12, 12), -1, np.int16)
+    sparse[0, 3, 2:10, 2:10] = 1
+    sparse[0, 3, 0, 0:4] = 0
+    for _ in export_pairs(image, sparse, Grid((8, 12, 12), 8, 4), tmp_path / "pairs.zarr"):
+        pass
+    (tmp_path / "results.zarr").mkdir()  # someone's folder that happens to end in .zarr
+    (tmp_path / "results.zarr" / "table.csv").write_text("a,b\n1,2\n")
+    labels = np.ones((8, 12, 12), np.uint8)
+    for target, what in ((tmp_path / "pairs.zarr", "training-pairs export"),
+                         (tmp_path / "results", r"a folder with 1 entry \(table.csv\)")):  # .zarr added
+        with pytest.raises(StoreError, match=f"holds .*{what}"):
+            writer.write_labels(str(target), labels, {})
+    assert len(PairsDataset(tmp_path / "pairs.zarr")) > 0  # the export is intact
+    assert (tmp_path / "results.zarr" / "table.csv").read_text() == "a,b\n1,2\n"
+    # a labels store of ours is replaced (napari's save), and an empty folder filled
+    writer.write_labels(str(tmp_path / "mine.zarr"), labels, {})
+    writer.write_labels(str(tmp_path / "mine.zarr"), 2 * labels, {})
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "mine.zarr"))[...], 2 * labels)

@@ -235,7 +235,9 @@ def test_export_pairs_end_to_end(viewer, sample_layers, tomogram, tmp_path, qtbo
     widget.run()
     wait_idle(qtbot, widget)
     assert widget.outcome == "error"
-    assert "exists" in widget.status.value
+    assert "already holds a napari-qlty training-pairs export" in widget.status.value
+    assert "tick \u201creplace an existing export at this path\u201d" in widget.status.value
+    assert "--overwrite" not in widget.status.value
     # ...unless asked to replace it
     widget.overwrite_check.value = True
     widget.run()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from napari_qlty import Grid, Weighting, infer
 from napari_qlty.models import ModelSpec
 from napari_qlty import iter_predict, predict
 from napari_qlty.run.regions import Regions, plan_region_size, region_cost
+from napari_qlty.io import labels_store
 from napari_qlty.io.prediction import StoreError, read_meta
 
 
@@ -104,17 +107,54 @@ def test_refuses_other_data_and_other_parameters(tmp_path, volume):
     model = conv_model()
     other = tmp_path / "other.zarr"
     write_zarr(other, np.ones((4, 4), np.float32), (4, 4))
-    with pytest.raises(StoreError, match="not a napari-qlty prediction"):
-        predict(model, src, grid, other, device="cpu")
+    labels_store.create(tmp_path / "labels.zarr", x.shape[2:], {1: "a"})
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.txt").write_text("years of work")
+    for path, what in ((other, "a folder with 2 entries"), (tmp_path / "labels.zarr", "a napari-qlty sparse-labels store, not a napari-qlty prediction"),
+                       (tmp_path / "notes", r"a folder with 1 entry \(thesis.txt\)")):
+        for overwrite in (False, True):  # overwrite replaces only predictions of ours
+            with pytest.raises(StoreError, match=f"holds {what}.*left untouched"):
+                predict(model, src, grid, path, device="cpu", overwrite=overwrite)
     assert np.all(zarr.open_array(str(other))[...] == 1)
+    assert (tmp_path / "notes" / "thesis.txt").read_text() == "years of work"
+    assert labels_store.read_meta(tmp_path / "labels.zarr") is not None
 
     out = tmp_path / "out.zarr"
     predict(model, src, grid, out, device="cpu")
-    with pytest.raises(StoreError, match="other parameters.*step"):
+    with pytest.raises(StoreError, match=r"other parameters.*\(step: stored 8, now 7\)") as info:
         predict(model, src, Grid(x.shape[2:], window=12, step=7, border=2), out, device="cpu")
+    assert info.value.remedy == "overwrite"
     events = list(iter_predict(model, src, grid, out, device="cpu"))
     assert events[-1].message.endswith("already complete")
     predict(model, src, Grid(x.shape[2:], window=12, step=7, border=2), out, device="cpu", overwrite=True)
+    (tmp_path / "empty.zarr").mkdir()  # an empty folder is fine to fill
+    predict(model, src, grid, tmp_path / "empty.zarr", device="cpu")
+
+
+def test_one_run_per_store(tmp_path, volume):
+    """A second run on a store that a live process is writing is refused; a lock left by a
+    killed run is taken over."""
+    from napari_qlty.io.locks import LOCK_NAME, StoreLock
+
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    out = tmp_path / "out.zarr"
+    events = iter_predict(conv_model(), src, grid, out, device="cpu", region=(16, 16, 16), chunks=(16, 16, 16))
+    assert next(events).kind == "start"  # the first run holds the store now
+    with pytest.raises(StoreError, match=rf"is being written by process {os.getpid()}"):
+        predict(conv_model(), src, grid, out, device="cpu", region=(16, 16, 16), chunks=(16, 16, 16))
+    with pytest.raises(StoreError, match="being written"):  # nor can it be replaced meanwhile
+        predict(conv_model(seed=3), src, grid, out, device="cpu", overwrite=True)
+    events.close()  # the consumer stops: the lock goes
+    assert not (out / LOCK_NAME).exists()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    assert predict(conv_model(), src, grid, out, device="cpu", region=(16, 16, 16),
+                   chunks=(16, 16, 16)).kind == "done"
+    assert not (out / LOCK_NAME).exists()
+    with StoreLock(out):
+        assert (out / LOCK_NAME).exists()
 
 
 def test_bad_model_output_names_both_shapes(tmp_path, volume):

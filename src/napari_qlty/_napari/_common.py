@@ -191,10 +191,21 @@ def format_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def error_text(exc: BaseException) -> str:
-    """One line for a label: the exception's message (its type when there is none)."""
-    message = str(exc).strip()
-    return message if message else type(exc).__name__
+#: engine parameter names as the widgets' fields say them
+FIELD_NAMES = {"border_weight": "border weight", "min_labelled": "min labelled", "batch_size": "batch size",
+               "ignore_label": "unlabelled value"}
+
+
+def error_text(exc: BaseException, replace: str | None = None) -> str:
+    """One line for a label, in the widgets' words: the exception's message with the
+    engine's parameter names as field names, and what ticking ``replace`` (the widget's
+    replace check box) would allow when the path holds a store of ours."""
+    message = str(exc).strip() or type(exc).__name__
+    for name, field in FIELD_NAMES.items():
+        message = message.replace(name, field)
+    if replace and getattr(exc, "remedy", None) == "overwrite":
+        message += f" (tick \u201c{replace}\u201d to replace it)"
+    return message
 
 
 def notify_error(exc: BaseException | str) -> None:

@@ -1,17 +1,22 @@
 """Writer: a Labels layer to a zarr folder (the labelling widget's format, read back by
-the reader with its class names, scale and translation)."""
+the reader with its class names, scale and translation).
+
+napari does not ask before it overwrites, so the writer refuses any target that is not a
+labels store of ours (an empty folder is fine), naming what is there.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from ..io import formats
 from ..io import labels_store as store
+from ..io.formats import check_replaceable, remove_ours
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
@@ -34,19 +39,21 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
         raise ValueError(f"labels must be integers to be saved, got {dtype}")
     dtype = np.dtype(f"uint{dtype.itemsize * 8}")
     target = Path(path)
+    # napari asks nobody before overwriting: replace only a labels store of ours
+    replace = check_replaceable(target, formats.LABELS, overwrite=True)
     partial = target.with_name(target.name + ".partial")
     if partial.exists():
-        shutil.rmtree(partial)
+        remove_ours(partial, formats.LABELS)
     arr = store.create(partial, data.shape, classes, scale=scale, translate=translate, dtype=dtype)
     step = arr.chunks[0]
     for r0 in range(0, data.shape[0], step):
         block = np.asarray(data[r0 : r0 + step])
         if block.size and block.min() < 0:
-            shutil.rmtree(partial, ignore_errors=True)
+            remove_ours(partial, formats.LABELS)
             raise ValueError("labels must be >= 0 (0 = unlabelled) to be saved by napari-qlty")
         arr[r0 : r0 + step] = block.astype(dtype)
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if replace:
+        remove_ours(target, formats.LABELS)
     partial.rename(target)
     return [path]
 

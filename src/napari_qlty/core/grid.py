@@ -141,6 +141,10 @@ class Grid:
         or ``"constant"`` pads the far end up to the window size; stitching crops it away.
     spacing, offset
         Voxel size and origin in physical units, for windows' physical origins.
+    axes, pad_advice
+        Only for messages: the axes' names (``"zyx"``: "window along z" instead of
+        "window[0]"), and how to ask for padding where the caller offers it (None where
+        it does not, as in the plugin).
     """
 
     def __init__(
@@ -153,9 +157,12 @@ class Grid:
         pad: PadMode | None = None,
         spacing: Sequence[float] | None = None,
         offset: Sequence[float] | None = None,
+        axes: str | None = None,
+        pad_advice: str | None = "pass pad='reflect' or 'constant'",
     ) -> None:
         shape = tuple(int(s) for s in shape)
         ndim = len(shape)
+        self.axes = axes if axes is not None and len(axes) == ndim else None
         if not 1 <= ndim <= MAX_TILED_AXES:
             raise ValueError(
                 f"shape must have 1 to {MAX_TILED_AXES} tiled axes, got {ndim} ({shape})"
@@ -168,22 +175,22 @@ class Grid:
         if pad not in (None, "reflect", "constant"):
             raise ValueError(f"pad must be None, 'reflect' or 'constant', got {pad!r}")
         for axis, (s, w, st, b) in enumerate(zip(shape, window, step, border)):
+            W, S, B = (self.name(p, axis) for p in ("window", "step", "border"))
+            where = f"along {self.axes[axis]}" if self.axes else f"along axis {axis}"
             if w < 1:
-                raise ValueError(f"window[{axis}] must be >= 1, got {w}")
+                raise ValueError(f"{W} must be >= 1, got {w}")
             if w > s and pad is None:
                 raise ValueError(
-                    f"window[{axis}]={w} is larger than the volume's axis {axis} (size {s}); "
-                    f"choose window[{axis}] in [1, {s}] or pass pad='reflect' or 'constant'"
+                    f"{W}{'=' if not self.axes else ' = '}{w} is larger than the volume {where} "
+                    f"(size {s}); choose {W} in [1, {s}]" + (f" or {pad_advice}" if pad_advice else "")
                 )
             if not 1 <= st <= w:
                 raise ValueError(
-                    f"step[{axis}] must be in [1, window[{axis}]={w}] so windows leave no gaps, "
-                    f"got {st}"
+                    f"{S} must be in [1, {W}={w}] so windows leave no gaps, got {st}"
                 )
             if b < 0 or 2 * b >= w:
                 raise ValueError(
-                    f"border[{axis}] must be in [0, {(w - 1) // 2}] (less than half of "
-                    f"window[{axis}]={w}), got {b}"
+                    f"{B} must be in [0, {(w - 1) // 2}] (less than half of {W}={w}), got {b}"
                 )
         self.shape = shape
         self.padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
@@ -198,6 +205,10 @@ class Grid:
         )
         self.counts = tuple(len(o) for o in self.axis_origins)
         self._origins: np.ndarray | None = None
+
+    def name(self, parameter: str, axis: int) -> str:
+        """How messages name one axis of a parameter: ``window[0]``, or ``window along z``."""
+        return f"{parameter} along {self.axes[axis]}" if self.axes else f"{parameter}[{axis}]"
 
     # -- sizes -----------------------------------------------------------------------
     @property

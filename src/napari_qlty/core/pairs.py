@@ -17,9 +17,8 @@ import numpy as np
 import torch
 
 from .grid import Grid, band_profile
+from .labels import IGNORE, LabelConvention, warn_if_dense
 from .tiles import check_indices, extract, extract_lazy
-
-IGNORE = -1
 
 #: labelled voxels handled per vectorised step (bounds memory on densely labelled volumes)
 COORD_BLOCK = 1 << 18
@@ -35,6 +34,10 @@ class PairStatistics:
     """Labelled voxels per class in the whole volume."""
     labelled_in_kept: int
     """Labelled voxels summed over the kept windows (a voxel counts once per window)."""
+    most_in_a_window: int = 0
+    """The most labelled voxels any one window holds (outside its border band)."""
+    voxels: int = 0
+    """Voxels in the volume."""
 
     @property
     def total_labelled(self) -> int:
@@ -113,7 +116,8 @@ def labelled_coordinates(labels, ignore_label) -> tuple[np.ndarray, np.ndarray]:
                 c[:, 0] += r0
                 coords.append(np.concatenate([np.full((len(c), 1), n), c], axis=1))
     if not coords:
-        return np.zeros((0, labels.ndim), dtype=np.int64), np.zeros(0, dtype=np.asarray(labels[:0]).dtype)
+        dtype = labels.dtype if isinstance(labels.dtype, np.dtype) else np.dtype(str(labels.dtype))
+        return np.zeros((0, labels.ndim), dtype=np.int64), np.zeros(0, dtype=dtype)
     return np.concatenate(coords).astype(np.int64), np.concatenate(values)
 
 
@@ -209,12 +213,17 @@ def select_windows(
     per_window = labelled_per_window(grid, coords, labels.shape[0])
     kept = np.nonzero(per_window >= min_labelled)[0]
     classes, class_counts = np.unique(values, return_counts=True)
+    voxels = int(np.prod(labels.shape, dtype=np.int64))
     stats = PairStatistics(
         total_windows=len(per_window),
         kept_windows=len(kept),
         labelled_voxels={_py(c): int(n) for c, n in zip(classes, class_counts)},
         labelled_in_kept=int(per_window[kept].sum()),
+        most_in_a_window=int(per_window.max()) if len(per_window) else 0,
+        voxels=voxels,
     )
+    convention = getattr(labels, "convention", None) or LabelConvention(ignore_label if isinstance(ignore_label, int) else IGNORE)
+    warn_if_dense(len(values), voxels, convention)
     return kept, stats
 
 

@@ -184,10 +184,12 @@ class WindowWeights:
             covered = sum_b if bw == 0.0 else sum_a
             if covered.min() <= 0:
                 bad = int(np.argmin(covered))
+                B, S, W = (grid.name(p, axis) for p in ("border", "step", "window"))
+                where = f"{grid.axes[axis]} = {bad}" if grid.axes else f"axis {axis}, index {bad}"
                 raise ValueError(
-                    f"border[{axis}]={b} with border_weight=0 leaves voxels with no weight "
-                    f"(axis {axis}, index {bad}): neighbouring windows' border bands meet; "
-                    f"need step[{axis}] <= window[{axis}] - 2*border[{axis}] = {w - 2 * b} "
+                    f"{B}={b} with border_weight=0 leaves voxels with no weight "
+                    f"({where}): neighbouring windows' border bands meet; "
+                    f"need {S} <= {W} - 2*{B} = {w - 2 * b} "
                     f"(got {grid.step[axis]}), or a border_weight > 0"
                 )
 

@@ -35,7 +35,16 @@ FAST_CODEC = BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")
 
 
 class StoreError(ValueError):
-    """A path cannot be used as asked (it holds other data, or other parameters)."""
+    """A path cannot be used as asked (it holds other data, or other parameters).
+
+    ``remedy`` says what the user could allow to go on: ``"overwrite"`` (replace a store
+    of ours) or None (nothing: the path holds what we must not touch). Each interface
+    words it its own way (a flag, a check box).
+    """
+
+    def __init__(self, message: str, remedy: str | None = None) -> None:
+        super().__init__(message)
+        self.remedy = remedy
 
 
 def canonical(params: dict) -> dict:
@@ -106,3 +115,49 @@ def describe(path: str | os.PathLike) -> str:
         return "an empty folder"
     shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
     return f"a folder with {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} ({shown})"
+
+
+def is_empty_folder(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and not any(p.iterdir())
+
+
+def check_replaceable(path: str | os.PathLike, fmt: str, *, overwrite: bool) -> bool:
+    """May a new ``fmt`` store be written at ``path``? Returns True if something must be
+    removed first (our own store, or an empty folder), False if nothing is there.
+
+    Raises :class:`StoreError` when ``path`` holds anything we did not write (never
+    replaced, whatever is asked), or a store of ours while ``overwrite`` is off.
+    """
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return False
+    if is_empty_folder(p):
+        return True
+    found = identify(p)
+    if found is None:
+        raise StoreError(
+            f"{p} holds {describe(p)}, which napari-qlty did not write; it is left untouched: "
+            "choose another path"
+        )
+    if found != fmt:
+        raise StoreError(
+            f"{p} holds {DESCRIPTIONS[found]}, not {DESCRIPTIONS[fmt]}; it is left untouched: "
+            "choose another path"
+        )
+    if not overwrite:
+        raise StoreError(f"{p} already holds {DESCRIPTIONS[fmt]}; it is left untouched", remedy="overwrite")
+    return True
+
+
+def remove_ours(path: str | os.PathLike, fmt: str) -> None:
+    """Delete ``path`` if it is a ``fmt`` store of ours or an empty folder; else refuse."""
+    import shutil
+
+    p = Path(path)
+    if is_empty_folder(p):
+        p.rmdir()
+        return
+    if identify(p) != fmt:
+        raise StoreError(f"{p} holds {describe(p)}; napari-qlty deletes only what it wrote there")
+    shutil.rmtree(p)

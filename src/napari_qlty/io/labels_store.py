@@ -17,10 +17,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from ..core.labels import OURS
 from . import formats
 from .formats import ATTRS_KEY
 
 FORMAT = formats.LABELS
+#: what the values of our labels stores mean (and napari's Labels layers)
+CONVENTION = OURS
 DEFAULT_CHUNK = 64
 
 
@@ -64,7 +67,7 @@ def create(
     chunks = tuple(min(int(c), s) for c, s in zip(chunks or (DEFAULT_CHUNK,) * len(shape), shape))
     arr = zarr.create_array(
         str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
-        zarr_format=3, overwrite=overwrite,
+        zarr_format=3, overwrite=overwrite, attributes={ATTRS_KEY: {"format": FORMAT}},  # ours at once
         dimension_names=list("tzyx"[-len(shape):]) if len(shape) <= 4 else None,
     )
     write_meta(arr, classes, scale=scale, translate=translate)

@@ -8,14 +8,17 @@ Layout of ``OUTPUT.zarr``::
     spills/...      partial sums a region hands to its higher neighbours (deleted at the end)
 
 Attributes ``napari_qlty``: the format, the parameters that define the result (input,
-model, grid, weighting, outputs), the region layout, and ``complete``. A rerun with the
-same parameters resumes (finished regions are skipped); other parameters are refused;
-a path holding anything else is not touched without ``overwrite``. Every region is a
-whole number of chunks and is written by one task only, so writers never share a chunk.
+model, grid, weighting, normalisation with its statistics, outputs), the region layout,
+and ``complete``. A rerun with the same parameters resumes (finished regions are
+skipped); a prediction of ours made with other parameters is replaced only with
+``overwrite``, and a path holding anything else never (the store is marked as ours from
+its first byte). A lock file stops two runs writing one store. Every region is a whole
+number of chunks and is written by one task only, so writers never share a chunk.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +28,16 @@ import torch
 import zarr
 
 from . import formats
-from .formats import ATTRS_KEY, FAST_CODEC, StoreError, canonical, differences
+from .formats import (
+    ATTRS_KEY,
+    FAST_CODEC,
+    StoreError,
+    canonical,
+    check_replaceable,
+    differences,
+    remove_ours,
+)
+from .locks import StoreLock
 from .spills import ZarrSpills
 
 FORMAT = formats.PREDICTION
@@ -34,11 +46,18 @@ FORMAT = formats.PREDICTION
 class OutputStore:
     """Open (or create) the store at ``path`` for a run with ``params``."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, lock: StoreLock | None = None) -> None:
         self.path = Path(path)
         self.group = zarr.open_group(str(self.path), mode="r+")
         self.meta = dict(self.group.attrs[ATTRS_KEY])
         self.spills = ZarrSpills(self.group.require_group("spills"))
+        #: held by the run that opened the store for writing (tasks on workers hold none)
+        self.lock = lock
+
+    def close(self) -> None:
+        """Let other runs open the store."""
+        if self.lock is not None:
+            self.lock.release()
 
     # -- opening --------------------------------------------------------------------
     @classmethod
@@ -57,28 +76,33 @@ class OutputStore:
         """
         path = Path(path)
         params = canonical(params)
-        if path.exists():
-            meta = read_meta(path)
-            if meta is None:
-                if not overwrite:
-                    raise StoreError(
-                        f"{path} exists and is not a napari-qlty prediction; it is left untouched "
-                        f"(choose another output path, or pass --overwrite to replace it)"
-                    )
-            elif meta.get("params") == params:
-                return cls(path)
-            elif not overwrite:
-                diff = "; ".join(differences(meta.get("params", {}), params)) or "unknown"
+        meta = read_meta(path)
+        lock = StoreLock(path).acquire() if meta is not None else None  # nobody else writes it now
+        try:
+            if meta is not None and meta.get("params") == params:
+                return cls(path, lock)
+            if meta is not None and "params" not in meta:  # a creation of ours that never got far
+                overwrite = True
+            if meta is not None and not overwrite:
                 raise StoreError(
-                    f"{path} holds a prediction made with other parameters ({diff}); "
-                    f"refusing to resume it (choose another output path, or pass --overwrite)"
+                    f"{path} holds a prediction made with other parameters, so it cannot be resumed "
+                    f"({'; '.join(explain(meta.get('params', {}), params)) or 'unknown'}); it is left "
+                    "untouched: choose another output path", remedy="overwrite",
                 )
-            remove(path)
-        return cls._create(path, params, canonical(layout))
+            if check_replaceable(path, FORMAT, overwrite=overwrite):  # ours (or an empty folder)
+                remove_ours(path, FORMAT)
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        store = cls._create(path, params, canonical(layout))
+        store.lock = StoreLock(path).acquire()
+        return store
 
     @classmethod
     def _create(cls, path: Path, params: dict, layout: dict) -> OutputStore:
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+        group.attrs[ATTRS_KEY] = {"format": FORMAT}  # ours from the first byte: never taken for another's
         n, c_out = layout["n_images"], layout["channels"]
         spatial, chunks = tuple(layout["shape"]), tuple(layout["chunks"])
         axes = layout.get("axes") or [f"d{i}" for i in range(len(spatial))]
@@ -172,11 +196,34 @@ def read_meta(path: str | Path) -> dict | None:
     return formats.read_meta(path, FORMAT)
 
 
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+def explain(stored: dict, now: dict) -> list[str]:
+    """What differs between the parameters of a store and of this run, in words:
+    ``window: stored 64, now 48`` (one number for equal axes), ``model: another model``."""
+    out = []
+    for line in differences(stored, now):
+        key, _, rest = line.partition(": stored ")
+        old, _, new = rest.partition(", now ")
+        leaf = key.rsplit(".", 1)[-1]
+        if key in ("input", "model"):
+            out.append(f"{key}: another {'image' if key == 'input' else 'model'} (or it changed since)")
+        elif key.startswith("normalisation."):
+            if leaf in ("mode", "low", "high"):
+                out.append(f"normalisation {leaf}: stored {old}, now {new}")
+        else:
+            out.append(f"{leaf.replace('_', ' ')}: stored {_plain(old)}, now {_plain(new)}")
+    return list(dict.fromkeys(out))
+
+
+def _plain(text: str) -> str:
+    """``[64, 64, 64]`` -> ``64``; ``'gaussian'`` -> ``gaussian``."""
+    try:
+        value = json.loads(text.replace("'", '"').replace("None", "null").replace("True", "true")
+                           .replace("False", "false"))
+    except ValueError:
+        return text
+    if isinstance(value, list) and value and all(v == value[0] for v in value):
+        value = value[0]
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _torch_dtype(dtype) -> torch.dtype:

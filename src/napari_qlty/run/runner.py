@@ -194,6 +194,15 @@ def iter_predict(
     }
     layout["region_counts"] = Regions(grid, layout["region"]).counts
     store = OutputStore.open_for_run(output, params, layout, overwrite=overwrite)
+    try:
+        yield from _run(store, src, model if scheduler is not None else live_model, grid, weighting, output,
+                        channels_out, batch_size, dev, postprocess, intensity, workers, scheduler, cancelled, t0)
+    finally:
+        store.close()
+
+
+def _run(store, src, model, grid, weighting, output, channels_out, batch_size, dev, postprocess, intensity,
+         workers, scheduler, cancelled, t0) -> Iterator[Event]:
     region_size = tuple(store.layout["region"])
     regions = Regions(grid, region_size)
     tasks = [(n, *r) for n in range(src.shape[0]) for r in itertools.product(*(range(c) for c in regions.counts))]
@@ -206,8 +215,8 @@ def iter_predict(
     per_task = {t: int(regions.owned(t[1:]).size) for t in tasks}
     done_windows = sum(per_task[t] for t in finished)
     todo = [t for t in tasks if t not in finished]
-    job = Job(src, model if scheduler is not None else live_model, grid, weighting, str(output),
-              region_size, channels_out, batch_size, str(dev), postprocess, intensity)
+    job = Job(src, model, grid, weighting, str(output), region_size, channels_out, batch_size, str(dev),
+              postprocess, intensity)
     yield Event("start", done_windows, windows_total, len(finished), len(tasks), time.perf_counter() - t0,
                 message=f"{len(todo)} of {len(tasks)} regions to run ({len(finished)} finished before)")
     deps = {t: {(t[0], *s) for s in regions.senders(t[1:])} - finished for t in todo}

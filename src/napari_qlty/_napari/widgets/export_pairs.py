@@ -179,5 +179,5 @@ class ExportWidget(TaskWidget):
         self.summary.value = stats.table() + ("\n\n" + mapping if mapping else "")
 
     def _fail(self, exc) -> None:
-        set_status(self.status, f"Export failed: {error_text(exc)}", error=True)
+        set_status(self.status, f"Export failed: {error_text(exc, self.overwrite_check.text)}", error=True)
         notify_error(exc)

@@ -366,7 +366,7 @@ class InferenceWidget(TaskWidget):
         """The run ended; its "done" event has been shown."""
 
     def _fail(self, exc) -> None:
-        set_status(self.status, f"Prediction failed: {error_text(exc)}", error=True)
+        set_status(self.status, f"Prediction failed: {error_text(exc, self.overwrite_check.text)}", error=True)
         notify_error(exc)
 
 
