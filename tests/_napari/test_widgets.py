@@ -257,7 +257,8 @@ def test_export_pairs_end_to_end(viewer, sample_layers, tomogram, tmp_path, qtbo
     viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="wrong")
     widget.labels_combo.value = viewer.layers["wrong"]
     widget.run()
-    assert widget.outcome == "error" and "differ in shape" in widget.status.value
+    assert widget.outcome == "error"
+    assert "labels layer 'wrong' is 4 × 4 × 4 but image 'tomogram' is 32 × 64 × 48" in widget.status.value
 
 
 # -- inference ---------------------------------------------------------------------------------

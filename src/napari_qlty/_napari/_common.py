@@ -82,46 +82,23 @@ def spatial_transform(layer) -> dict:
     return {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
 
 
-class TrainingLabels:
-    """A napari labels array seen as the engine's training labels, lazily.
-
-    napari's convention is 0 = unlabelled, 1.. = classes; the engine's is -1 = unlabelled
-    (``IGNORE``), 0.. = classes, with a leading image axis. This view is (1, *shape)
-    int16 holding ``data - 1``; nothing is read until a box is asked for, so zarr- or
-    dask-backed labels stay on disk.
-    """
-
-    def __init__(self, data) -> None:
-        self.data = data
-        self.shape = (1, *(int(s) for s in data.shape))
-        self.dtype = np.dtype("int16")
-        self.ndim = len(self.shape)
-
-    def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        first, rest = key[0], key[1:]
-        if isinstance(first, slice):
-            if range(*first.indices(1)) != range(1):
-                raise IndexError("TrainingLabels holds one image")
-        elif first not in (0, -1):
-            raise IndexError(f"image index {first} is out of range (one image)")
-        block = np.asarray(self.data[rest] if rest else self.data[...])
-        block = block.astype(np.int16) - 1
-        return block[None] if isinstance(first, slice) else block
-
-
 class ChannelView:
-    """``array[index]`` of a zarr array, lazily: a read-only array-like for napari.
+    """One class of a prediction store (N, C, *spatial), or its labels (N, *spatial), read
+    lazily: a read-only array-like for napari.
 
-    Used to show one image and one class of a prediction store (N, C, *spatial) while
-    it is being written: every slice napari asks for is read from the store at that
-    moment, so ``layer.refresh()`` shows newly finished regions (no cache in between).
+    ``image`` picks one image (0 for a single image), or None keeps the image axis first
+    (a time-lapse run time point by time point). Every slice napari asks for is read
+    from the store at that moment, so ``layer.refresh()`` shows newly finished regions.
     """
 
-    def __init__(self, array, index: tuple[int, ...]) -> None:
+    def __init__(self, array, channel: int | None = None, image: int | None = 0) -> None:
         self.array = array
-        self.index = tuple(int(i) for i in index)
-        self.shape = tuple(int(s) for s in array.shape[len(self.index):])
+        self.channel = channel
+        self.image = image
+        shape = tuple(int(s) for s in array.shape)
+        if channel is not None:
+            shape = shape[:1] + shape[2:]
+        self.shape = shape[1:] if image is not None else shape
         self.dtype = np.dtype(str(array.dtype))
         self.ndim = len(self.shape)
         self.size = math.prod(self.shape)
@@ -136,7 +113,10 @@ class ChannelView:
             fill = (slice(None),) * (self.ndim - (len(key) - 1))
             key = key[:i] + fill + key[i + 1 :]
         key = tuple(int(k) if isinstance(k, (np.integer,)) else k for k in key)
-        return np.asarray(self.array[(*self.index, *key)])
+        key = key + (slice(None),) * (self.ndim - len(key))
+        n, rest = (self.image, key) if self.image is not None else (key[0], key[1:])
+        full = (n,) + ((self.channel,) if self.channel is not None else ()) + tuple(rest)
+        return np.asarray(self.array[full])
 
     def __array__(self, dtype=None, copy=None):
         out = self[...]

@@ -221,6 +221,14 @@ def build_model(config: TrainConfig, ndim: int = 3) -> torch.nn.Module:
     return ARCHITECTURES[config.arch](**kwargs)
 
 
+def saved_factory(config: TrainConfig, ndim: int) -> tuple[str, dict]:
+    """The factory and arguments that rebuild the trained (deployable) network of ``config``."""
+    factory, kwargs = config.factory(ndim)
+    if kwargs.get("norm") == "batch":
+        kwargs["norm"] = None  # saved with its batch norms folded into the convolutions
+    return factory, kwargs
+
+
 def save_checkpoint(model: torch.nn.Module | dict, path: str | Path, factory: str, factory_kwargs: dict,
                     extra: dict | None = None) -> Path:
     """Write ``model``'s weights (or a state dict) and its recipe to the one file ``path``.
@@ -387,9 +395,7 @@ def iter_train(
         optimiser,
         lambda s: (config.final_lr + 0.5 * (config.lr - config.final_lr) * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))) / config.lr,
     )
-    factory, kwargs = config.factory(ndim)
-    if kwargs.get("norm") == "batch":
-        kwargs["norm"] = None  # saved with its batch norms folded into the convolutions
+    factory, kwargs = saved_factory(config, ndim)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     recipe = {"window": list(train_pairs.labels.shape[1:]), "normalisation": intensity.normalisation.to_json(),
               "classes": list(class_names) if class_names is not None else None}

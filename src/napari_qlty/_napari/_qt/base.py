@@ -140,3 +140,21 @@ def monospace(widget) -> None:
     from qtpy.QtGui import QFontDatabase
 
     widget.native.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+
+
+def collapsible(title: str, content: Container, expanded: bool = False) -> Container:
+    """``content`` under a header that folds it away: rarely changed settings stay out of
+    sight, so the widget fits a laptop screen."""
+    from superqt import QCollapsible
+
+    box = QCollapsible(title)
+    box.addWidget(content.native)
+    if expanded:
+        box.expand(animate=False)
+    else:
+        box.collapse(animate=False)
+    holder = Container(labels=False)
+    holder.margins = (0, 0, 0, 0)
+    holder.native.layout().addWidget(box)
+    holder.collapsible = box
+    return holder

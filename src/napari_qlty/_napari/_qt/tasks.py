@@ -37,7 +37,11 @@ class BackgroundTask:
         self.worker = None
         #: "done", "cancelled", "error", or None while running / before the first run
         self.outcome: str | None = None
-        owner.native.destroyed.connect(lambda *_: self.cancel_requested.set())
+        # closing the dock (napari unparents its widget) or deleting it stops the run; the
+        # callbacks hold the event alone, which outlives this object
+        flag = self.cancel_requested
+        owner.native.destroyed.connect(lambda *_: _stop(flag))
+        self._closing = _OnUnparent(owner.native, lambda: _stop(flag))
 
     @property
     def running(self) -> bool:
@@ -51,7 +55,7 @@ class BackgroundTask:
 
         self.outcome = None
         self.cancel_requested.clear()
-        worker = create_worker(_guarded, job, args, kwargs, _start_thread=False)
+        worker = create_worker(_guarded, job, args, kwargs, self.cancel_requested, _start_thread=False)
         worker.yielded.connect(self._yielded)
         worker.returned.connect(self._returned)
         worker.errored.connect(self._errored)
@@ -68,10 +72,10 @@ class BackgroundTask:
         self.on_error(error)
 
     def cancel(self) -> None:
-        """Ask the job to stop (at its next poll, or between two yields)."""
+        """Ask the job to stop (at its next poll, or after what it yields next); the job is
+        closed in its own thread, so what it holds (a store's lock, a file) is let go."""
         if self.worker is not None:
             self.cancel_requested.set()
-            self.worker.quit()
 
     # -- outcomes ---------------------------------------------------------------------------
     def _yielded(self, item) -> None:
@@ -115,15 +119,49 @@ class BackgroundTask:
             pass
 
 
-def _guarded(job, args, kwargs):
-    """The worker's generator: the job's items; an exception is returned as
-    :class:`Failed` (superqt re-raises returned exceptions) and shown by the widget."""
+def _stop(flag: threading.Event) -> None:
     try:
-        result = yield from job(*args, **kwargs)
+        flag.set()
+    except AttributeError:  # the interpreter is tearing the widget's objects down
+        pass
+
+
+def _OnUnparent(widget, callback):
+    """Call ``callback`` when ``widget`` loses its parent (napari closing its dock)."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Filter(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+            if event.type() == QEvent.Type.ParentChange and obj.parent() is None:
+                callback()
+            return False
+
+    f = Filter(widget)
+    widget.installEventFilter(f)
+    return f
+
+
+def _guarded(job, args, kwargs, cancel: threading.Event):
+    """The worker's generator: the job's items until it ends, fails or is cancelled.
+
+    An exception is returned as :class:`Failed` (superqt re-raises returned exceptions)
+    and shown by the widget. A cancel closes the job here, in the worker's thread, so its
+    ``finally`` blocks run before the widget hears of the outcome.
+    """
+    gen = job(*args, **kwargs)
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield item
+            if cancel.is_set():
+                return None
     except Exception as e:  # handed to the GUI thread
         return Failed(e)
-    return result
-
+    finally:
+        gen.close()
 
 
 class TaskWidget(ViewerWidget):

@@ -23,17 +23,12 @@ from magicgui.widgets import (
 
 from ...io.labels_store import class_names
 from ...io.pairs_store import export_pairs
-from ...io.sources import open_source
 from .._common import (
-    TrainingLabels,
     default_path,
     error_text,
     format_duration,
-    level0,
     notify_error,
     resolve_path,
-    source_axes,
-    spatial_shape,
     thousands,
 )
 from .._qt.base import (
@@ -115,15 +110,11 @@ class ExportWidget(TaskWidget):
         image, labels = self.image_combo.value, self.labels_combo.value
         if image is None or labels is None:
             raise ValueError("choose an image layer and a labels layer")
-        shape = spatial_shape(image)
-        label_data = level0(labels)
-        if tuple(label_data.shape) != shape:
-            raise ValueError(f"labels {tuple(label_data.shape)} and image {shape} differ in shape")
-        grid = self.fields.grid(shape)
+        label_view = self.fields.labels(image, labels)
+        grid = self.fields.grid(image)
         path = resolve_path(self.path_edit.value, image.name, "pairs")
-        source = open_source(level0(image), axes=source_axes(image))
         self._names = class_names(labels)
-        job = (source, TrainingLabels(label_data), grid, path, int(self.min_labelled_spin.value),
+        job = (self.fields.source(image), label_view, grid, path, int(self.min_labelled_spin.value),
                bool(self.overwrite_check.value))
         return self._work, job, {}
 

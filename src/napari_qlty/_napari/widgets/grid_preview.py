@@ -18,6 +18,7 @@ from napari.layers import Labels
 from napari.utils.colormaps.standardize_color import transform_color
 
 from ...core.grid import Grid
+from ...core.labels import OURS, LabelView
 from ...core.pairs import select_windows
 from ...core.weights import Weighting, WindowWeights
 from ...io.labels_store import class_names
@@ -26,7 +27,6 @@ from .._common import (
     SEAM_COLOR,
     WINDOW_COLORS,
     Failed,
-    TrainingLabels,
     error_text,
     join_counts,
     level0,
@@ -128,9 +128,11 @@ class GridPreviewWidget(ViewerWidget):
             self._clear_shapes()
             set_status(self.summary_label, "Choose an image layer to preview its grid.")
             return
-        shape = spatial_shape(image)
         try:
-            grid = self.fields.grid(shape)
+            grid = self.fields.grid(image)
+            if self.fields.each_time_point(image):  # drawn on the layer's axes: one time point deep
+                grid = Grid((spatial_shape(image)[0], *grid.shape), (1, *grid.window), (1, *grid.step),
+                            (0, *grid.border), axes="t" + grid.axes, pad_advice=None)
         except (ValueError, TypeError) as e:
             self.grid = None
             self._clear_shapes()
@@ -146,7 +148,11 @@ class GridPreviewWidget(ViewerWidget):
         self.grid = grid
         self.fields.remember()
         self._start_selection(grid)
-        self._draw(image, grid)
+        try:
+            self._draw(image, grid)
+        except Exception as e:  # drawing must never take the summary (or the viewer) down
+            self._clear_shapes()
+            self._message = f"could not draw the windows: {error_text(e)}"
         self._write_summary(image, grid)
 
     def _draw(self, image, grid: Grid) -> None:
@@ -154,6 +160,10 @@ class GridPreviewWidget(ViewerWidget):
         if grid.ndim < 2:
             self._clear_shapes()
             self._message = "(1D: nothing to draw)"
+            return
+        if image.ndim < viewer.dims.ndisplay:  # napari cannot add 2D shapes in a 3D view
+            self._clear_shapes()
+            self._message = "(a 2D image: its windows are drawn in the 2D view)"
             return
         offset = viewer.dims.ndim - image.ndim
         displayed = [d - offset for d in viewer.dims.displayed if d - offset >= 0]
@@ -234,6 +244,9 @@ class GridPreviewWidget(ViewerWidget):
     def _set_shapes(self, layer, name, image, shift, data, shape_type, colors, width):
         from napari.layers import Shapes
 
+        if layer is not None and layer in self._viewer.layers and layer.ndim != image.ndim:
+            self._viewer.layers.remove(layer)  # another image's axes: a new layer, not a reshaped one
+            layer = None
         if layer is None or layer not in self._viewer.layers:
             layer = Shapes(
                 ndim=image.ndim, name=name, scale=image.scale, translate=shift,
@@ -264,7 +277,7 @@ class GridPreviewWidget(ViewerWidget):
 
     # -- summary ------------------------------------------------------------------------
     def _write_summary(self, image, grid: Grid) -> None:
-        names = AXIS_NAMES.get(grid.ndim, "")
+        names = grid.axes or AXIS_NAMES.get(grid.ndim, "")
         lines = [
             f"windows  {join_counts(grid.counts)} = {thousands(len(grid))}"
             + (f"  ({' × '.join(names)})" if names else ""),
@@ -342,7 +355,7 @@ class GridPreviewWidget(ViewerWidget):
 
         def run():
             try:
-                kept, stats = select_windows(TrainingLabels(data), grid, ignore_label=-1, min_labelled=min_labelled)
+                kept, stats = select_windows(LabelView(data, OURS, add_image_axis=True), grid, min_labelled=min_labelled)
             except Exception as e:  # shown by the widget
                 return key, Failed(e), None
             return key, kept, stats

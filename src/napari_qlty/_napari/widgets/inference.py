@@ -11,7 +11,6 @@ regions are kept in the output folder).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -31,24 +30,24 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ...core.intensity import Normalisation
 from ...core.weights import Weighting
-from ...io.sources import open_source
-from ...models import ModelSpec, load_model, resolve_device
+from ...models import ModelSpec, load_model, model_kind, resolve_device
+from ...models.checkpoints import checkpoint_recipe
 from ...run import Cancelled, iter_predict
 from .._common import (
     ChannelView,
     default_path,
     error_text,
     format_duration,
-    level0,
+    format_per_axis,
+    join_counts,
     notify_error,
     parse_optional_per_axis,
     resolve_path,
-    source_axes,
-    spatial_shape,
     thousands,
 )
-from .._qt.base import form, hint_label, set_status, status_label
+from .._qt.base import collapsible, form, hint_label, set_status, status_label
 from .._qt.tasks import BackgroundTask, TaskWidget
 from .._registry import REGISTRY
 from ..fields import GridFields
@@ -60,6 +59,13 @@ MODEL_FILE = "model file"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 WEIGHTINGS = ("border", "gaussian", "hann", "linear")
 POSTPROCESS = ("softmax", "sigmoid", "none")
+MODEL_OWN = "the model's own"
+NORMALISATIONS = {
+    MODEL_OWN: None,
+    "none": Normalisation(),
+    "percentile 1-99.8": Normalisation("percentile"),
+    "mean-std": Normalisation("mean-std"),
+}
 
 
 def foreground_channel(channels: int) -> int:
@@ -81,9 +87,11 @@ class InferenceWidget(TaskWidget):
             tooltip="A model file, or a model another widget made in this session",
         )
         self.model_path = FileEdit(
-            mode="r", label="model file", filter="*.pt *.pt2 *.pth *.ts *.zip",
-            tooltip="TorchScript (.pt), torch.export program (.pt2), or a state dict with a factory",
+            mode="r", label="load model", filter="*.pt *.pt2 *.pth *.ts *.zip",
+            tooltip="A model saved by the Train widget, TorchScript (.pt), a torch.export program (.pt2), "
+                    "or a state dict with a factory",
         )
+        self.model_hint = hint_label()
         self.factory_edit = LineEdit(
             value="", label="factory",
             tooltip="Only for a state dict: the function that builds the network, "
@@ -103,6 +111,15 @@ class InferenceWidget(TaskWidget):
         self.postprocess_combo = ComboBox(
             choices=POSTPROCESS, value="softmax", label="postprocess",
             tooltip="Applied to every window's output before blending",
+        )
+        self.normalisation_combo = ComboBox(
+            choices=list(NORMALISATIONS), value=MODEL_OWN, label="normalisation",
+            tooltip="How intensities are mapped before the model, with statistics of the whole image "
+                    "(never per window): the one the model was trained with, or another",
+        )
+        self.threshold_spin = FloatSpinBox(
+            value=0.5, min=0.0, max=1.0, step=0.05, label="threshold",
+            tooltip="Labels of a one-channel model: probability >= threshold",
         )
         self.probabilities_check = CheckBox(value=True, text="probabilities")
         self.labels_check = CheckBox(value=True, text="labels")
@@ -138,10 +155,12 @@ class InferenceWidget(TaskWidget):
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = status_label()
         self.extend([
-            form(self.image_combo, self.model_combo, self.model_path, self.factory_edit, self.device_combo,
-                 self.batch_spin, f.copy_button, *f.edits, self.weighting_combo, self.border_weight_spin, self.postprocess_combo, outputs,
-                 self.output_edit, self.output_hint, self.memory_edit, self.chunks_edit,
-                 self.region_edit),
+            form(self.image_combo, self.model_combo, self.model_path, self.model_hint, self.factory_edit,
+                 self.normalisation_combo, f.time_combo, f.copy_button, *f.edits, self.weighting_combo,
+                 self.border_weight_spin, self.postprocess_combo, self.threshold_spin, outputs,
+                 self.output_edit, self.output_hint),
+            collapsible("Performance", form(self.device_combo, self.batch_spin, self.memory_edit,
+                                            self.chunks_edit, self.region_edit)),
             self.overwrite_check, buttons, self.progress, self.status,
         ])
 
@@ -158,9 +177,13 @@ class InferenceWidget(TaskWidget):
         self.labels_layer = None
         self._t_start = None
         self._image = None
+        self._each_time_point = False
+        #: the layers this run added (removed again if it fails before any result)
+        self._added: list = []
 
         self.connect_to(REGISTRY.changed, self._on_registry_changed)
         self.model_combo.changed.connect(self._update_model_fields)
+        self.model_path.changed.connect(self._describe_model_file)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image_combo.changed.connect(self._update_hint)
@@ -183,6 +206,44 @@ class InferenceWidget(TaskWidget):
         from_file = self.model_combo.value == MODEL_FILE
         self.model_path.visible = from_file
         self.factory_edit.visible = from_file
+        self.model_hint.visible = from_file
+        if not from_file:
+            info = getattr(REGISTRY.models.get(self.model_combo.value), "napari_qlty_info", None)
+            self._use_model_window(info)
+
+    def _describe_model_file(self, *_) -> None:
+        """Say what the chosen file holds, and use a checkpoint's window."""
+        path = str(self.model_path.value).strip()
+        if path in ("", ".") or not Path(path).is_file():
+            self.model_hint.value = ""
+            return
+        try:
+            kind = model_kind(path)
+        except Exception as e:  # noqa: BLE001 - said in the hint, and again on Run
+            self.model_hint.value = f"not a model file: {error_text(e)}"
+            return
+        recipe = checkpoint_recipe(path) if kind == "state_dict" else None
+        if recipe is None:
+            label = {"torchscript": "TorchScript", "export": "torch.export program", "state_dict": "state dict"}[kind]
+            needs = " (give its factory)" if kind == "state_dict" else ""
+            self.model_hint.value = f"{label}{needs}"
+            return
+        parts = ["napari-qlty model"]
+        if recipe.get("classes"):
+            parts.append("classes " + ", ".join(map(str, recipe["classes"])))
+        if recipe.get("window"):
+            parts.append("window " + join_counts(recipe["window"]))
+        norm = (recipe.get("normalisation") or {}).get("mode")
+        if norm and norm != "none":
+            parts.append(f"normalisation {norm}")
+        self.model_hint.value = " · ".join(parts)
+        self._use_model_window(recipe)
+
+    def _use_model_window(self, info) -> None:
+        """A model trained on windows of some size runs on windows of that size by default."""
+        window = (info or {}).get("window")
+        if window:
+            self.window_edit.value = format_per_axis(window)
 
     def _update_hint(self, *_) -> None:
         image = self.image_combo.value
@@ -208,16 +269,15 @@ class InferenceWidget(TaskWidget):
         image = self.image_combo.value
         if image is None:
             raise ValueError("choose an image layer")
-        shape = spatial_shape(image)
-        ndim = len(shape)
-        grid = self.fields.grid(shape)
+        grid = self.fields.grid(image)
+        ndim = grid.ndim
         weighting = Weighting(self.weighting_combo.value, border_weight=float(self.border_weight_spin.value))
         if not (self.probabilities_check.value or self.labels_check.value):
             raise ValueError("tick probabilities, labels or both")
         device = self.device_combo.value
         resolve_device(device)  # says now, in the widget, when a device is not available
         model = self._model(device)
-        source = open_source(level0(image), axes=source_axes(image))
+        source = self.fields.source(image)
         path = resolve_path(self.output_edit.value, image.name, "prediction")
         post = self.postprocess_combo.value
         kwargs = dict(
@@ -227,6 +287,8 @@ class InferenceWidget(TaskWidget):
             probabilities=bool(self.probabilities_check.value),
             labels=bool(self.labels_check.value),
             postprocess=None if post == "none" else post,
+            threshold=float(self.threshold_spin.value),
+            normalise=NORMALISATIONS[self.normalisation_combo.value],
             overwrite=bool(self.overwrite_check.value),
             memory_budget=self.memory_edit.value.strip() or None,
             chunks=parse_optional_per_axis(self.chunks_edit.value, "chunk size", ndim),
@@ -236,6 +298,8 @@ class InferenceWidget(TaskWidget):
         if self.path != path:
             self.probability_layer = self.labels_layer = None
         self.path, self._image = path, image
+        self._each_time_point = self.fields.each_time_point(image)
+        self._added = []
         return _relay, (model, source, grid, path), kwargs
 
     def _model(self, device: str):
@@ -250,15 +314,7 @@ class InferenceWidget(TaskWidget):
         model = REGISTRY.models.get(choice)
         if model is None:
             raise ValueError(f"the model {choice!r} is no longer registered")
-        import torch
-
-        if isinstance(model, torch.nn.Module):
-            try:  # a copy in eval mode on the chosen device: the owner's model is left as it is
-                model = copy.deepcopy(model)
-            except Exception:  # noqa: BLE001 - a module that cannot be copied runs as it is
-                pass
-            model = load_model(model, resolve_device(device))
-        return model
+        return load_model(model, resolve_device(device))  # a private copy when it must change
 
     def cancel(self, *_) -> None:
         """Stop after the batch in progress; Run with the same parameters resumes."""
@@ -318,7 +374,7 @@ class InferenceWidget(TaskWidget):
         if "probabilities" in group:
             arr = group["probabilities"]
             fg = foreground_channel(arr.shape[1])
-            view = ChannelView(arr, (0, fg))
+            view = ChannelView(arr, fg, image=None if self._each_time_point else 0)
             limits = (0.0, 1.0)
             layer = self.probability_layer
             if layer is not None and layer in self.viewer.layers:
@@ -328,8 +384,9 @@ class InferenceWidget(TaskWidget):
                     view, name=f"{name} · P(class {fg})", colormap="magma", blending="additive",
                     contrast_limits=limits, opacity=0.8, multiscale=False, **where,
                 )
+                self._added.append(self.probability_layer)
         if "labels" in group:
-            view = ChannelView(group["labels"], (0,))
+            view = ChannelView(group["labels"], image=None if self._each_time_point else 0)
             layer = self.labels_layer
             if layer is not None and layer in self.viewer.layers:
                 layer.data = view
@@ -338,6 +395,7 @@ class InferenceWidget(TaskWidget):
                     view, name=f"{name} · labels", opacity=0.5, multiscale=False,
                     visible="probabilities" not in group, **where,
                 )
+                self._added.append(self.labels_layer)
         if image is not None:
             self.viewer.layers.selection.active = image
 
@@ -362,10 +420,22 @@ class InferenceWidget(TaskWidget):
             f"parameters to resume.",
         )
 
+    def _remove_empty_layers(self) -> None:
+        """A run that failed before finishing any region leaves no layer showing nothing."""
+        event = self.last_event
+        if event is not None and event.regions_done > 0:
+            return
+        for layer in getattr(self, "_added", []):
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self._added = []
+        self.probability_layer = self.labels_layer = None
+
     def _on_returned(self, result) -> None:
         """The run ended; its "done" event has been shown."""
 
     def _fail(self, exc) -> None:
+        self._remove_empty_layers()
         set_status(self.status, f"Prediction failed: {error_text(exc, self.overwrite_check.text)}", error=True)
         notify_error(exc)
 

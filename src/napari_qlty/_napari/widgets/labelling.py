@@ -21,6 +21,7 @@ from .._common import (
     Failed,
     default_path,
     error_text,
+    join_counts,
     level0,
     notify_error,
     resolve_path,
@@ -113,6 +114,11 @@ class LabellingWidget(ViewerWidget):
         classes = store.classes_dict(names)
         path = resolve_path(self.path_edit.value, image.name, "labels")
         start = self.start_combo.value
+        if start is not None and tuple(level0(start).shape) != shape:
+            raise ValueError(
+                f"'start from' layer {start.name!r} is {join_counts(level0(start).shape)} but the image is "
+                f"{join_counts(shape)}: choose labels drawn on this image"
+            )
         reopened = False
         if path.exists():
             meta = store.read_meta(path)
@@ -149,11 +155,16 @@ class LabellingWidget(ViewerWidget):
         self.labels_layer = layer
         self._viewer.layers.selection.active = layer
         what = "Reopened" if reopened else "Created"
+        ignored = (
+            f"\n'start from' ({start.name}) was not copied: {path} already holds labels, which were "
+            "reopened; choose another path to start from it."
+            if reopened and start is not None else ""
+        )
         set_status(
             self.status,
             f"{what} {path}\nPaint with label 1 ({classes.get(1, '')})"
             + (f", 2 ({classes[2]})" if 2 in classes else "")
-            + "… Strokes are saved to disk as you paint.",
+            + "… Strokes are saved to disk as you paint." + ignored,
         )
         self.recount()
         return layer

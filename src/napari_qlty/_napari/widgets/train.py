@@ -13,24 +13,39 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import Container, FloatSpinBox, LineEdit, ProgressBar, PushButton
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+)
 
+from ...core.intensity import Normalisation
+from ...io.labels_store import class_names
 from .._common import (
-    TrainingLabels,
     error_text,
     format_duration,
     level0,
     notify_error,
-    spatial_shape,
     thousands,
 )
 from .._qt.base import form, set_status, status_label
 from .._qt.tasks import BackgroundTask, TaskWidget
-from .._registry import register_model
+from .._registry import register_model, registered_models
 from ..fields import GridFields
 
 if TYPE_CHECKING:
     import napari
+
+
+NORMALISATIONS = {
+    "percentile 1-99.8": Normalisation("percentile"),
+    "mean-std": Normalisation("mean-std"),
+    "none": Normalisation(),
+}
 
 
 class TrainWidget(TaskWidget):
@@ -49,7 +64,16 @@ class TrainWidget(TaskWidget):
             value=60.0, min=1.0, max=7 * 24 * 3600.0, step=10.0, label="time budget (s)",
             tooltip="Training stops after this many seconds",
         )
+        self.normalisation_combo = ComboBox(
+            choices=list(NORMALISATIONS), value="percentile 1-99.8", label="normalisation",
+            tooltip="How intensities are mapped before the network, with statistics of the whole image "
+                    "(never per window); the saved model applies it by itself on any image",
+        )
         self.name_edit = LineEdit(value="", label="model name", tooltip="Name in the inference widget (empty: from the image)")
+        self.save_path = FileEdit(mode="w", label="save model to", filter="*.pt",
+                                  tooltip="A napari-qlty model file: weights, window, classes, normalisation")
+        self.save_button = PushButton(text="Save model", enabled=False)
+        self.save_button.tooltip = "Save the trained model (for Tiled inference, the command line or a cluster)"
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         buttons = Container(widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False)
@@ -58,8 +82,9 @@ class TrainWidget(TaskWidget):
         self.metrics = status_label()
         self.status = status_label()
         self.extend([
-            form(*f.widgets, self.seconds_spin, self.name_edit),
+            form(*f.widgets, self.normalisation_combo, self.seconds_spin, self.name_edit),
             buttons, self.progress, self.metrics, self.status,
+            form(self.save_path), self.save_button,
         ])
 
         self.task = BackgroundTask(
@@ -72,6 +97,9 @@ class TrainWidget(TaskWidget):
         self.config_overrides: dict = {}
         self.model = None
         self.model_name: str | None = None
+        #: what Save model writes beside the weights (factory, window, classes, normalisation)
+        self.recipe: dict | None = None
+        self.saved_to = None
         self.last_event = None
         self.events_seen: list[str] = []
         self._budget = 60.0
@@ -80,6 +108,7 @@ class TrainWidget(TaskWidget):
 
         self.train_button.changed.connect(self.run)
         self.stop_button.changed.connect(self.stop)
+        self.save_button.changed.connect(self.save)
 
     @property
     def outcome(self) -> str | None:
@@ -89,7 +118,8 @@ class TrainWidget(TaskWidget):
 
     # -- running --------------------------------------------------------------------------
     def _starting(self) -> None:
-        self.model, self.last_event = None, None
+        self.model, self.last_event, self.recipe = None, None, None
+        self.save_button.enabled = False
         self.events_seen = []
         self._loss = self._f1 = None
         self._stop.clear()
@@ -107,41 +137,35 @@ class TrainWidget(TaskWidget):
             raise ValueError("choose an image layer and a labels layer")
         if getattr(image, "rgb", False):
             raise ValueError("training on RGB images is not supported; choose a single-channel image")
-        shape = spatial_shape(image)
-        label_data = level0(labels)
-        if tuple(label_data.shape) != shape:
-            raise ValueError(f"labels {tuple(label_data.shape)} and image {shape} differ in shape")
-        if len(shape) not in (2, 3):
-            raise ValueError(f"the image has {len(shape)} axes; training takes 2D or 3D images")
-        window, _step, _border = self.fields.values(len(shape))
-        windows = (window,) * len(shape) if isinstance(window, int) else window
-        if any(w > s for w, s in zip(windows, shape)):
-            raise ValueError(f"window {windows} is larger than the image {shape}")
-        grid = self.fields.grid(shape)
-        classes = int(np.asarray(label_data).max())
-        if classes < 1:
-            raise ValueError(f"labels layer {labels.name!r} has no labels (paint some with values 1, 2, …)")
+        label_view = self.fields.labels(image, labels)
+        grid = self.fields.grid(image)
+        if grid.ndim not in (2, 3):
+            raise ValueError(f"the windows tile {grid.ndim} axes ({grid.axes}); training takes 2D or 3D windows")
+        names = class_names(labels)
+        top = int(np.max(np.asarray(level0(labels)))) if level0(labels).size else 0
+        if top < 1:
+            raise ValueError(f"labels layer {labels.name!r} holds no labels: paint some (1, 2, ... are classes)")
+        classes = max([2, top, *names])
         self._budget = float(self.seconds_spin.value)
         options = {
-            "arch": "unet", "net": {"channels": 8}, "classes": max(2, classes),
-            "planar": len(shape) == 3, "patch": min(48, *windows),
+            "arch": "unet", "net": {"channels": 8}, "classes": classes,
+            "planar": grid.ndim == 3, "patch": min(48, *grid.window),
             "epochs": 100_000, "steps_per_epoch": 10, "max_seconds": self._budget, "val_samples": 16,
         }
         options.update(self.config_overrides)
         config = TrainConfig(**options)
         name = self.name_edit.value.strip() or f"{image.name} (trained)"
-        return self._work, (level0(image), TrainingLabels(label_data), grid, config, name), {}
+        class_list = [names.get(k, f"class {k}") for k in range(1, config.classes + 1)]
+        job = (self.fields.source(image), label_view, grid, config, name, class_list,
+               NORMALISATIONS[self.normalisation_combo.value])
+        return self._work, job, {}
 
-    def _work(self, image_data, labels, grid, config, name):
-        import numpy as np
-        import torch
-
+    def _work(self, source, labels, grid, config, name, class_list, normalisation):
         from ...core.pairs import clean_pairs, validation_split
-        from ...train.trainer import build_model, iter_train
+        from ...train.trainer import build_model, iter_train, saved_factory
 
-        image = torch.from_numpy(np.asarray(image_data, dtype=np.float32))[None, None]
-        label_arr = torch.from_numpy(np.asarray(labels[:]))
-        pairs = clean_pairs(image, label_arr, grid)
+        intensity = normalisation.fit(source)  # the whole image, never one window
+        pairs = clean_pairs(source, labels, grid)  # only kept windows are read, in their own dtype
         n = len(pairs)
         if n == 0:
             raise ValueError("no window holds labels: paint some, or use a smaller window")
@@ -152,11 +176,15 @@ class TrainWidget(TaskWidget):
         model = build_model(config, grid.ndim)
         last = None
         cancel = self.task.cancel_requested
-        for event in iter_train(config, train, val, model=model,
+        for event in iter_train(config, train, val, model=model, intensity=intensity, class_names=class_list,
                                 stop=lambda: self._stop.is_set() or cancel.is_set()):
             last = event
             yield ("event", event)
-        return model.eval(), last, name
+        factory, kwargs = saved_factory(config, grid.ndim)
+        recipe = {"factory": factory, "factory_kwargs": kwargs, "window": list(grid.window), "axes": grid.axes,
+                  "classes": class_list, "normalisation": normalisation.to_json(), "name": name,
+                  "config": config.to_json()}
+        return model.eval(), last, name, recipe
 
     def stop(self, *_) -> None:
         """End training after the current step; the model trained so far is kept."""
@@ -189,17 +217,55 @@ class TrainWidget(TaskWidget):
             set_status(self.status, f"Training: {event.message}")
 
     def _on_returned(self, result) -> None:
-        model, last, name = result
+        model, last, name, recipe = result
         stopped = self._stop.is_set()
+        taken = registered_models()
+        unique, k = name, 2
+        while unique in taken:  # a second run never replaces the first model
+            unique, k = f"{name} ({k})", k + 1
         try:
-            register_model(name, model)
+            register_model(unique, model)
         except Exception as e:
             self.task.fail(e)
             return
-        self.model, self.model_name = model, name
+        self.model, self.model_name, self.recipe = model, unique, {**recipe, "name": unique}
         self.progress.value = self.progress.max
+        self.save_button.enabled = True
         how = "stopped" if stopped else (last.message or "done") if last else "done"
-        set_status(self.status, f"Training {how}: model '{name}' is ready in Tiled inference")
+        renamed = f" (a model named '{name}' exists already)" if unique != name else ""
+        set_status(self.status, f"Training {how}: model '{unique}' is ready in Tiled inference{renamed}")
+
+    def save(self, *_) -> None:
+        """Write the trained model to the chosen file (only a napari-qlty model file is replaced)."""
+        try:
+            path = self._save()
+        except Exception as e:
+            set_status(self.status, f"Could not save the model: {error_text(e)}", error=True)
+            notify_error(e)
+            return
+        self.saved_to = path
+        set_status(self.status, f"Saved '{self.model_name}' to {path}: Tiled inference, the command line "
+                                f"(--model {path.name}) and a cluster can load it")
+
+    def _save(self):
+        from pathlib import Path
+
+        from ...models.checkpoints import checkpoint_recipe
+        from ...train.trainer import save_checkpoint
+
+        if self.model is None or self.recipe is None:
+            raise ValueError("train a model first")
+        text = str(self.save_path.value).strip()
+        if text in ("", "."):
+            raise ValueError("choose where to save the model (save model to)")
+        path = Path(text).expanduser()
+        if path.suffix != ".pt":
+            path = path.with_name(path.name + ".pt")
+        if path.exists() and (path.is_dir() or checkpoint_recipe(path) is None):
+            raise ValueError(f"{path} holds something that is not a napari-qlty model; it is left untouched")
+        r = self.recipe
+        extra = {k: v for k, v in r.items() if k not in ("factory", "factory_kwargs")}
+        return save_checkpoint(self.model, path, r["factory"], r["factory_kwargs"], extra)
 
     def _fail(self, exc) -> None:
         set_status(self.status, f"Training failed: {error_text(exc)}", error=True)
