@@ -346,3 +346,40 @@ def test_labelling_start_from_is_never_silently_ignored(viewer, layers, qtbot, t
     w.start_combo.value = good
     assert w.create() is not None
     assert "'start from' (earlier strokes) was not copied" in w.status.value
+
+
+@pytest.mark.parametrize("name", ["brain MRI int16 >i2", "fMRI time-lapse int16", "MR uint16", "cell int8"])
+def test_real_images_in_the_inference_widget(viewer, qtbot, tmp_path, name):
+    """Real images from PyPI packages, opened as a scientist opens them, predicted in the
+    widget with percentile normalisation: equal to the model on the whole image."""
+    from real_images import catalogue
+
+    from napari_qlty._napari import register_model, unregister_model
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+
+    array, axes, _ = catalogue()[name]
+    layer = viewer.add_image(array, name=name)
+    dims = 3 if "z" in axes else 2
+    net = Conv(dims).eval()
+    register_model("real conv", net)
+    try:
+        w = InferenceWidget(viewer)
+        viewer.window.add_dock_widget(w)
+        w.image_combo.value = layer
+        w.model_combo.value = "real conv"
+        w.window_edit.value, w.step_edit.value, w.border_edit.value = "12", "9", "1"
+        w.border_weight_spin.value = 0.0
+        w.normalisation_combo.value = "percentile 1-99.8"
+        w.output_edit.value = tmp_path / "real.zarr"
+        w.run()
+        wait_idle(qtbot, w)
+        assert w.outcome == "done", w.status.value
+        stack = array[:, None] if "t" in axes else array[None, None]  # time points are images
+        fitted = Normalisation("percentile").fit(stack)
+        with torch.no_grad():
+            expected = torch.softmax(net(fitted.apply(torch.from_numpy(stack.astype(np.float32)))), 1).numpy()
+        got = zarr.open_group(str(tmp_path / "real.zarr"))["probabilities"][...]
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        assert w.probability_layer.data.shape == array.shape
+    finally:
+        unregister_model("real conv")

@@ -495,3 +495,18 @@ def test_weed_nan_missing_label_and_numpy_inputs():
     vin, vout, removed = weed_sparse_classification_training_pairs_2D(x, labels, float("nan"), bt)
     assert removed.tolist() == [True, False, True]
     assert isinstance(vin, np.ndarray) and vin[:, 0, 0, 0].tolist() == [1.0]
+
+
+def test_patch_var_broadcasts_over_channels(tmp_path):
+    """qlty's own test_stitch_with_patch_var passes a one-channel variance for C channels."""
+    x = torch.rand(1, 3, 20, 22) + 0.5
+    L = LargeNCYXQuilt(str(tmp_path / "v"), 1, 20, 22, (8, 8), (6, 7), (1, 1), 0.5)
+    for _ in range(L.N_chunks):
+        index, patch = L.unstitch_next(x)
+        L.stitch(patch.unsqueeze(0), index, torch.full((1, 1, 8, 8), 0.09))
+    mean, std = L.return_mean(std=True)
+    np.testing.assert_allclose(mean, x.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(std, 0.3, rtol=1e-6)
+    assert std.shape == (1, 3, 20, 22)
+    with pytest.raises(ValueError, match="broadcast"):
+        L.stitch(torch.zeros(1, 3, 8, 8), 0, torch.zeros(1, 2, 8, 8))

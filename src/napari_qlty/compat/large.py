@@ -215,7 +215,8 @@ class _LargeQuilt(QuiltBase):
         """Add window ``index_flat``'s output, ``(1, C, *window)`` or ``(C, *window)``.
 
         A batch ``(B, C, *window)`` with ``B`` indices is accepted too. ``patch_var``
-        (same shape) is a variance, blended the same way for ``return_mean(std=True)``.
+        (same shape, or one channel broadcast over the patch's, as qlty allows) is a
+        variance, blended the same way for ``return_mean(std=True)``.
         """
         patch = as_tensor(patch, "patch").detach()
         indices = np.atleast_1d(np.asarray(index_flat, dtype=np.int64)).reshape(-1)
@@ -223,11 +224,14 @@ class _LargeQuilt(QuiltBase):
         var = None
         if patch_var is not None:
             var = as_tensor(patch_var, "patch_var").detach()
-            var = self._batch(var, len(indices), "patch_var")
-            if var.shape != patch.shape:
+            if var.ndim == patch.ndim - 1:
+                var = var.unsqueeze(0)
+            try:  # qlty broadcasts a one-channel variance over the patch's channels
+                var = torch.broadcast_to(var, patch.shape)
+            except RuntimeError:
                 raise ValueError(
-                    f"patch_var {tuple(var.shape)} must match patch {tuple(patch.shape)}"
-                )
+                    f"patch_var {tuple(var.shape)} must match patch {tuple(patch.shape)} or broadcast to it"
+                ) from None
         for i in indices:
             self._window(i)  # range check before anything is added
         if self.mean is None:

@@ -226,7 +226,9 @@ def _sample(volume, sample_voxels: int) -> np.ndarray:
     if total <= sample_voxels:
         return np.concatenate([b.reshape(-1) for b in slabs(volume)]).astype(np.float64)
     spatial = shape[2:]
-    edge = max(1, int(round((SLAB_VOXELS / max(shape[1], 1)) ** (1.0 / len(spatial)))))
+    # at least 64 blocks, spread evenly, each at most a slab
+    per_block = min(SLAB_VOXELS, max(1, sample_voxels // 64)) / max(shape[1], 1)
+    edge = max(1, int(per_block ** (1.0 / len(spatial))))
     block = tuple(min(edge, s) for s in spatial)
     counts = [math.ceil(s / b) for s, b in zip(spatial, block)]
     grid_size = shape[0] * math.prod(counts)

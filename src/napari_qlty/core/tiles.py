@@ -64,9 +64,11 @@ def window_slices(grid: Grid, indices: Sequence[int] | np.ndarray) -> list[tuple
 
 
 def as_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """A tensor view of an in-memory array (copied only if numpy strides are negative)."""
+    """A tensor view of an in-memory array (copied only for negative strides or another byte order)."""
     if isinstance(x, torch.Tensor):
         return x
+    if not x.dtype.isnative:  # big-endian data (NIfTI, DICOM, some TIFFs): torch takes native only
+        x = x.astype(x.dtype.newbyteorder("="))
     if any(s < 0 for s in x.strides):
         x = np.ascontiguousarray(x)
     return torch.from_numpy(x)
@@ -101,6 +103,8 @@ def read_region(source, n: int, start: Sequence[int], stop: Sequence[int], grid:
     clipped_stop = [min(b, s) for b, s in zip(stop, grid.shape)]
     key = (n, slice(None), *(slice(a, b) for a, b in zip(start, clipped_stop)))
     data = np.asarray(source[key])
+    if not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="))
     # a memory-mapped or read-only box is copied once: torch tensors must own writable memory
     block = torch.from_numpy(np.array(data) if not data.flags.writeable else np.ascontiguousarray(data))
     if list(clipped_stop) != list(stop):

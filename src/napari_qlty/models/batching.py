@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import os
 import threading
@@ -15,6 +17,26 @@ from torch.utils._pytree import tree_flatten
 
 from .devices import as_device, is_oom
 from .probes import call_checked, check_output, static_batch
+
+
+def give_back_memory() -> None:
+    """Return freed heap memory to the system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    glibc keeps what was freed for later, per thread, so a run's resident memory would
+    keep the high-water mark of every batch and region; trimming between them keeps it to
+    what is live, and the memory budget holds.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def available_host_memory() -> int:
@@ -161,7 +183,46 @@ def _measure_host(model, in_channels, window, dev, dtype):
         c_out = int(out.shape[1])
         peaks.append(tracker.peak + x.numel() * x.element_size())  # the window's cast copy too
         del out, x
-    return _split(peaks, in_channels, c_out, window, dtype), c_out
+    per_window, fixed = _split(peaks, in_channels, c_out, window, dtype)
+    if dev.type == "cpu":
+        resident = _resident_peaks(model, in_channels, window, dev, dtype)
+        if resident is not None:
+            r_window, r_fixed = _split(resident, in_channels, c_out, window, dtype)
+            per_window, fixed = max(per_window, r_window), max(fixed, r_fixed)
+    return (per_window, fixed), c_out
+
+
+def _resident_peaks(model, in_channels, window, dev, dtype) -> list[int] | None:
+    """Growth of the process's peak resident memory while batches of 1 and 2 windows run
+    (Linux: the kernel's high-water mark, reset before each), after one warm-up call.
+
+    This sees what the tensor count cannot: the operators' own workspaces (a CPU
+    convolution's unfolded columns) and the threads they run on. None where the kernel
+    offers no reset.
+    """
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+        raise OSError(key)
+
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, in_channels, *window), dtype=dtype, device=dev))
+        peaks = []
+        for batch in (1, 2):
+            x = torch.zeros((batch, in_channels, *window), dtype=dtype, device=dev)
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            before = status("VmRSS")
+            with torch.no_grad():
+                out = model(x)
+            peaks.append(max(0, status("VmHWM") - before) + x.numel() * x.element_size())
+            del out, x
+        return peaks
+    except (OSError, ValueError, RuntimeError):
+        return None
 
 
 def _split(peaks, in_channels, c_out, window, dtype) -> tuple[int, int]:
@@ -182,10 +243,12 @@ def window_cost(
 ) -> tuple[int | None, int, int]:
     """``(bytes per window, fixed bytes, C_out)`` of running ``model`` on such windows.
 
-    Measured from the peak memory at batch 1 and 2: on cuda the allocator's peak, elsewhere
-    the tensors the model's operators create (the same on every run, so the same command
-    plans the same regions). ``safety_factor`` covers what neither sees (a library's own
-    workspace). Bytes per window are None when the model refuses a batch of 2.
+    Measured from the peak memory at batch 1 and 2: on cuda the allocator's peak; on a CPU
+    the larger of the tensors the model's operators create and the growth of the
+    process's resident high-water mark (which also sees operators' own workspaces).
+    ``safety_factor`` covers what none of them sees. Bytes per window are None when the
+    model refuses a batch of 2. A run stores the plan it made, so a resume uses the same
+    regions even where a measurement varies a little.
     """
     dev = as_device(device)
     window = tuple(int(w) for w in window)

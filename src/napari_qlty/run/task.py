@@ -17,6 +17,7 @@ from ..core.weights import Weighting, WindowWeights, window_weights
 from ..io.prediction import OutputStore
 from ..io.sources import Source
 from ..models import ModelSpec, load_model, run_with_oom_backoff
+from ..models.batching import give_back_memory
 from .handover import RegionSums, finish, release
 from .regions import Regions
 
@@ -97,12 +98,16 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
                 if post is not None:
                     out = post(out)
                 sums.add(out, chunk)
+                del out, batch
+                give_back_memory()  # an operator's workspace (a conv's columns) goes back at once
         del x
     core = sums.hand_over(store.spills)
     final = finish(regions, weights, store.spills, n, r, core)
     saturated = store.write_region(n, regions.bounds(r)[0], final)
     store.mark_finished(task)
     release(regions, store.spills, n, r)
+    del sums, core, final
+    give_back_memory()
     return int(positions.size), saturated
 
 

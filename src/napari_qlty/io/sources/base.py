@@ -106,7 +106,7 @@ class Source:
         self.stored_axes = stored_axes
         self.axes = normalised_axes(stored_axes)
         self.axes_guessed = axes_guessed
-        self.dtype = np.dtype(dtype)
+        self.dtype = native(np.dtype(dtype))  # big-endian files (NIfTI, DICOM) read as native numbers
         # for each normalised axis, its position in the stored data (None: added, length 1)
         self._source_axis = tuple(
             stored_axes.index(a) if a in stored_axes else None for a in self.axes
@@ -310,6 +310,11 @@ class Source:
         if self._extra:
             parts.append(self._extra)
         return " ".join(parts)
+
+
+def native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in this machine's byte order (torch takes nothing else)."""
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
 
 
 def _fmt(values: Sequence[float]) -> str:
