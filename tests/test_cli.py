@@ -195,3 +195,17 @@ def test_uint16_label_values_survive_export(files):
                  "--window", "16", "--step", "8", "--ignore-label", "0"]) == 0
     values = np.unique(zarr.open_group(str(tmp / "p16.zarr"), mode="r")["labels"][...])
     assert set(values.tolist()) == {-1, 40000, 65535}
+
+
+def test_an_export_that_would_be_empty_is_refused(files, capsys):
+    tmp, image, labels, _ = files
+    argv = ["export", str(tmp / "image.npy"), str(tmp / "labels.zarr"), str(tmp / "none.zarr"),
+            "--window", "16", "--step", "8", "--border", "2"]
+    assert main([*argv, "--min-labelled", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "no window holds at least 100000 labelled voxels" in err and "the most any window holds is" in err
+    assert not (tmp / "none.zarr").exists() and not (tmp / "none.zarr.partial").exists()
+    zarr.create_array(str(tmp / "blank.zarr"), data=np.full(labels.shape, -1, np.int16))
+    argv[2] = str(tmp / "blank.zarr")
+    assert main(argv) == 2
+    assert "the labels hold no labelled voxel" in capsys.readouterr().err

@@ -360,3 +360,22 @@ def test_batchnorm_module_fingerprint():
     before = model_fingerprint(net)
     net.train()(torch.randn(2, 1, 4, 4, 4))
     assert model_fingerprint(net) != before
+
+
+def test_one_channel_models_get_labels_by_threshold(tmp_path, volume):
+    """argmax over one channel is always 0: a one-channel output is thresholded instead."""
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    one = conv_model(c_out=1)
+    predict(one, src, grid, tmp_path / "raw.zarr", weighting=Weighting("border", 0.0), device="cpu")
+    logits = infer(one, torch.from_numpy(x), grid, Weighting("border", 0.0)).numpy()
+    labels = zarr.open_group(str(tmp_path / "raw.zarr"))["labels"][...]
+    np.testing.assert_array_equal(labels, (logits[:, 0] >= 0).astype(np.uint8))  # sigmoid >= 0.5
+    assert 0 < labels.mean() < 1
+    predict(one, src, grid, tmp_path / "p.zarr", weighting=Weighting("border", 0.0), device="cpu",
+            postprocess="sigmoid", threshold=0.8)
+    probs = zarr.open_group(str(tmp_path / "p.zarr"))["probabilities"][...]
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "p.zarr"))["labels"][...],
+                                  (probs[:, 0] >= 0.8).astype(np.uint8))
+    with pytest.raises(ValueError, match="one output channel, whose softmax is always 1"):
+        predict(one, src, grid, tmp_path / "s.zarr", device="cpu", postprocess="softmax")
