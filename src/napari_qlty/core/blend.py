@@ -23,6 +23,56 @@ from .weights import Weighting, WindowWeights, window_weights
 NORMALISE_BLOCK = 1 << 20
 
 
+def fused_for(device: torch.device | str | None) -> bool:
+    """Whether a batch is cut and added in a fixed number of operators there: on
+    accelerators, where each operator is a kernel launch that costs host microseconds;
+    on a CPU a strided copy per window is faster and an operator costs nanoseconds."""
+    return torch.device(device).type != "cpu" if device is not None else False
+
+
+class FlatIndex:
+    """Where every voxel of every window lies in a flat (N, C, *box) array: one index
+    tensor per batch, ``image * C * V + c * V + origin offset + voxel offset``.
+
+    Built from a per-voxel offset table kept on the device, so cutting a batch and adding
+    it back are each one gather or one ``index_add_`` whatever the batch size.
+    """
+
+    def __init__(self, grid: Grid, start: Sequence[int], stop: Sequence[int], device) -> None:
+        box = tuple(b - a for a, b in zip(start, stop))
+        self.volume = math.prod(box)
+        self.strides = np.array([math.prod(box[a + 1:]) for a in range(grid.ndim)], dtype=np.int64)
+        axes = [torch.arange(w, device=device, dtype=torch.int64) * int(st) for w, st in zip(grid.window, self.strides)]
+        offsets = axes[0]
+        for a in axes[1:]:
+            offsets = (offsets.unsqueeze(-1) + a).reshape(-1)
+        self.offsets = offsets  # (W,)
+        self.start = np.asarray(start, dtype=np.int64)
+        self.stop = np.asarray(stop, dtype=np.int64)
+        self.window = np.asarray(grid.window, dtype=np.int64)
+        self.origins = grid.origins()
+        self.per_image = len(grid)
+        self.device = device
+
+    def inside(self, positions: np.ndarray) -> bool:
+        rel = self.origins[positions] - self.start
+        return bool((rel >= 0).all() and (rel + self.window <= self.stop - self.start).all())
+
+    def index(self, indices: np.ndarray, channels: int) -> torch.Tensor:
+        """(B, C, W) int64 flat indices of the windows ``indices`` (flat over images)."""
+        n, k = np.divmod(indices, self.per_image)
+        base = (n * channels * self.volume + (self.origins[k] - self.start) @ self.strides).astype(np.int64)
+        chan = np.arange(channels, dtype=np.int64) * self.volume
+        first = torch.from_numpy(base[:, None] + chan[None, :]).to(self.device, non_blocking=True)
+        return first.unsqueeze(-1) + self.offsets
+
+
+def cut_fused(x: torch.Tensor, index: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """The windows ``index`` (see :class:`FlatIndex`) of a contiguous (N, C, *box) tensor:
+    one gather, (B, C, *window)."""
+    return x.reshape(-1)[index].view(*index.shape[:2], *window)
+
+
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else is summed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -66,6 +116,37 @@ class Accumulator:
             )
         for patch, index in zip(patches, indices):
             self.add_one(patch, int(index))
+
+    def add_batch(self, patches: torch.Tensor, indices: Sequence[int] | np.ndarray, *,
+                  fused: bool | None = None) -> None:
+        """Add a batch of windows, in a fixed number of operators when ``fused`` (default:
+        on accelerators, see :func:`fused_for`) and every window lies inside the box;
+        else window by window (:meth:`add`)."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if fused is None:
+            fused = fused_for(patches.device)
+        k = indices % len(self.grid)
+        if not fused or self.n_images * self.channels * self.sum[0, 0].numel() >= 2**62 or \
+                not self._flat(patches.device).inside(k):
+            self.add(patches, indices)
+            return
+        check_patches(patches, self.grid, self.channels)
+        if len(indices) != patches.shape[0]:
+            raise ValueError(f"got {patches.shape[0]} patches but {len(indices)} window indices")
+        flat = self._flat(patches.device)
+        self._fused_used = True
+        values = patches.reshape(patches.shape[0], patches.shape[1], -1)
+        if not self.weights.uniform:
+            values = values * self.weights.batch_weights(k, patches.device, self.sum.dtype).unsqueeze(1)
+        self.sum.view(-1).index_add_(0, flat.index(indices, self.channels).view(-1),
+                                     values.reshape(-1).to(self.sum.dtype))
+
+    def _flat(self, device) -> FlatIndex:
+        key = str(device)
+        cache = self.__dict__.setdefault("_flat_cache", {})
+        if key not in cache:
+            cache[key] = FlatIndex(self.grid, self.start, self.stop, device)
+        return cache[key]
 
     def add_one(self, patch: torch.Tensor, index: int) -> None:
         """Add one window's output (C, *window); the part outside the region is ignored."""
@@ -144,7 +225,7 @@ class Accumulator:
         Raises ``ValueError`` if any value is NaN or infinite (a model output went wrong).
         """
         out = self.sum
-        normalise_(out, self.weights, self.start)
+        normalise_(out, self.weights, self.start, one_pass=self.__dict__.get("_fused_used") or None)
         if crop:
             keep = tuple(slice(0, max(0, min(b, s) - a)) for a, b, s in zip(self.start, self.stop, self.grid.shape))
             out = out[(slice(None), slice(None), *keep)]
@@ -152,15 +233,19 @@ class Accumulator:
         return out
 
 
-def normalise_(sums: torch.Tensor, weights: WindowWeights, start: Sequence[int]) -> torch.Tensor:
+def normalise_(sums: torch.Tensor, weights: WindowWeights, start: Sequence[int],
+               one_pass: bool | None = None) -> torch.Tensor:
     """Divide weighted sums (N, C, *box), box at ``start``, by the total weight, in place.
 
-    Works in row blocks so the weight block stays small. Raises ``ValueError`` if any
-    value is NaN or infinite (a model output went wrong).
+    On a CPU it works in row blocks so the weight block stays small; with ``one_pass``
+    (default: on accelerators, where kernel launches, not memory, are the cost) the
+    whole box is one block. Raises ``ValueError`` if any value is NaN or infinite (a
+    model output went wrong).
     """
     size = sums.shape[2:]
-    # on a GPU one block: kernel launches, not memory, are the cost there
-    block = math.prod(size) if sums.device.type == "cuda" else NORMALISE_BLOCK
+    if one_pass is None:
+        one_pass = fused_for(sums.device)
+    block = math.prod(size) if one_pass else NORMALISE_BLOCK
     rows = max(1, block // max(1, math.prod(size[1:])))
     bad = torch.zeros((), dtype=torch.bool, device=sums.device)
     for r0 in range(0, size[0], rows):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .blend import Accumulator, accumulation_dtype, check_patches
+from .blend import Accumulator, FlatIndex, accumulation_dtype, check_patches, cut_fused, fused_for
 from .grid import Grid
 from .intensity import IDENTITY, Fitted, Normalisation
 from .tiles import as_tensor, check_volume, pad_far_end, window_slices
@@ -145,6 +145,7 @@ def infer(
     device: torch.device | str | None = None,
     postprocess: Model | None = None,
     normalise: Normalisation | Fitted | str | None = None,
+    fused: bool | None = None,
 ) -> torch.Tensor:
     """Apply ``model`` to every window of ``x`` (N, C, *shape) and blend: (N, C_out, *shape).
 
@@ -155,6 +156,9 @@ def infer(
     values. Windows run on ``device`` (default: the input's); the weighted sum lives
     there too. ``postprocess`` (e.g. ``lambda y: y.softmax(1)``) is applied to each
     batch of outputs before blending. Each window goes through the model exactly once.
+    ``fused`` cuts and adds each batch in a fixed number of operators (default: on
+    accelerators, where every operator costs a kernel launch; see
+    :func:`~napari_qlty.core.blend.fused_for`).
     """
     x = as_tensor(x)
     check_volume(x, grid, "input")
@@ -168,14 +172,23 @@ def infer(
     if grid.needs_padding:
         x = pad_far_end(x, grid.padded_shape, grid.pad)
     n_images = x.shape[0]
+    fused = fused_for(device) if fused is None else fused
+    flat = FlatIndex(grid, (0,) * grid.ndim, grid.padded_shape, x.device) if fused and x.device == device else None
+    if flat is not None:
+        x = x.contiguous()
     acc: Accumulator | None = None
     buffer = None
+    pin = device.type == "cuda" and x.device.type == "cpu"
     for idx in batches(window_order(weights, n_images), batch_size):
-        views = [x[(n, slice(None), *sl)] for n, sl in window_slices(grid, idx)]
-        if buffer is None or buffer.shape[0] != len(views):
-            buffer = torch.empty((len(views), *views[0].shape), dtype=x.dtype, device=x.device)
-        batch = to_model(torch.stack(views, out=buffer), device, dtype, intensity)
-        out = model(batch)
+        if flat is not None:  # cut on the device: one gather
+            batch = cut_fused(x, flat.index(idx, x.shape[1]), grid.window)
+        else:  # cut on the host into one reused (pinned, for a GPU) buffer, in the stored dtype
+            views = [x[(n, slice(None), *sl)] for n, sl in window_slices(grid, idx)]
+            if buffer is None or buffer.shape[0] != len(views):
+                buffer = torch.empty((len(views), *views[0].shape), dtype=x.dtype, device=x.device,
+                                     pin_memory=pin)
+            batch = torch.stack(views, out=buffer)
+        out = model(to_model(batch, device, dtype, intensity))
         check_output(out, batch, grid)
         if postprocess is not None:
             out = postprocess(out)
@@ -185,6 +198,6 @@ def infer(
                 weights, n_images, out.shape[1], device=out.device,
                 dtype=accumulation_dtype(out.dtype),
             )
-        acc.add(out, idx)
+        acc.add_batch(out, idx, fused=fused)
     assert acc is not None
     return acc.result()

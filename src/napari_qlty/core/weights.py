@@ -222,6 +222,20 @@ class WindowWeights:
                 self._cache.popitem(last=False)
         return w
 
+    def batch_weights(self, positions: np.ndarray, device=None, dtype=torch.float32) -> torch.Tensor:
+        """(B, W) flat weights of the windows at ``positions``: one gather from a table of the
+        edge classes the grid has (built once per device), whatever the batch size."""
+        key = (str(device), dtype)
+        tables = self.__dict__.setdefault("_tables", {})
+        if key not in tables:
+            classes = sorted(set(self.window_classes)) if self.weighting.mode != "map" else [self.window_classes[0]]
+            row = {c: i for i, c in enumerate(classes)}
+            table = torch.stack([self.for_class(c, device, dtype).reshape(-1) for c in classes])
+            rows = np.array([row.get(c, 0) for c in self.window_classes], dtype=np.int64)
+            tables[key] = (table, rows)
+        table, rows = tables[key]
+        return table[torch.from_numpy(rows[positions]).to(table.device, non_blocking=True)]
+
     def for_window(self, position_in_image: int, device=None, dtype=torch.float32) -> torch.Tensor:
         return self.for_class(self.class_of(position_in_image), device, dtype)
 

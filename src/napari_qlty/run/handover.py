@@ -42,9 +42,10 @@ class RegionSums:
         self.acc = Accumulator(weights, 1, channels, start=self.box_start, stop=box_stop,
                                device=device, dtype=dtype)
 
-    def add(self, outputs: torch.Tensor, positions: Sequence[int] | np.ndarray) -> None:
-        """Add window outputs (B, C, *window) at per-image grid ``positions``."""
-        self.acc.add(outputs, positions)
+    def add(self, outputs: torch.Tensor, positions: Sequence[int] | np.ndarray, *, fused: bool = False) -> None:
+        """Add window outputs (B, C, *window) at per-image grid ``positions`` (all inside the
+        box: a region's own windows are), in a fixed number of operators when ``fused``."""
+        self.acc.add_batch(outputs, positions, fused=fused)
 
     def hand_over(self, spills, *, keep_core: bool = False) -> torch.Tensor:
         """Write the sums that fall in higher regions to ``spills``; return the region's own.

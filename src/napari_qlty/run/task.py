@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..core.blend import fused_for
 from ..core.grid import Grid
 from ..core.inference import check_output, input_dtype, to_model
 from ..core.intensity import IDENTITY, Fitted
@@ -97,7 +98,7 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
                 check_output(out, batch, grid)
                 if post is not None:
                     out = post(out)
-                sums.add(out, chunk)
+                sums.add(out, chunk, fused=fused_for(device))
                 del out, batch
                 give_back_memory()  # an operator's workspace (a conv's columns) goes back at once
         del x
