@@ -177,7 +177,9 @@ def percentile_from_counts(values: np.ndarray, counts: np.ndarray, q: float) -> 
     ends = np.cumsum(counts)  # value i covers ranks [ends[i-1], ends[i])
     i = int(np.searchsorted(ends, below, side="right"))
     j = int(np.searchsorted(ends, min(below + 1, n - 1), side="right"))
-    return float(values[i] + frac * (values[j] - values[i]))
+    a, b = float(values[i]), float(values[j])
+    # numpy's own lerp: from the nearer end, so the result is bit for bit numpy's
+    return a + (b - a) * frac if frac < 0.5 else b - (b - a) * (1 - frac)
 
 
 def _numpy_dtype(volume) -> np.dtype:
