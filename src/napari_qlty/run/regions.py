@@ -73,6 +73,14 @@ class Regions:
         )
 
 
+def format_bytes(n: int) -> str:
+    """``n`` bytes in the largest binary unit that keeps a number >= 1 (``1.5 GiB``, ``240 KiB``)."""
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
 def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     edge = DEFAULT_CHUNK[len(shape)]
     return tuple(min(edge, s) for s in shape)
@@ -117,9 +125,9 @@ def plan_region_size(
         if not shrinkable:
             need = cost(size)
             raise ValueError(
-                f"memory budget {budget_bytes / 2**20:.0f} MiB is too small for windows "
+                f"memory budget {format_bytes(budget_bytes)} is too small for windows "
                 f"{'x'.join(map(str, grid.window))} (one region and one batch need about "
-                f"{need / 2**20:.0f} MiB, of which {batch_bytes / 2**20:.0f} MiB for the batch); "
+                f"{format_bytes(need)}, of which {format_bytes(batch_bytes)} for the batch); "
                 f"raise the budget, or lower the batch size or the chunk size"
             )
         axis = max(shrinkable, key=lambda a: (size[a] / chunks[a], -a))
