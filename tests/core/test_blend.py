@@ -278,3 +278,38 @@ def test_fused_region_accumulator_equals_strided(spec, seed, data):
     slow.add(patches, owned, fused=False)
     fast_.add(patches, owned, fused=True)
     torch.testing.assert_close(fast_.acc.sum, slow.acc.sum, rtol=1e-5, atol=1e-5)
+
+
+@fast(60)
+@given(grid_specs(**SPEC), st.sampled_from([8, 64, 1 << 12]), seeds, st.data())
+def test_normalising_in_cache_sized_blocks_equals_one_pass(spec, block_bytes, seed, data):
+    """Any box of the volume, cut into blocks of any size (down to part of one row of the
+    second axis), is divided by the brute-force total weight, for every weighting."""
+    from napari_qlty.core import blend
+
+    g = Grid(**spec)
+    weighting = data.draw(weightings(g.window))
+    w = WindowWeights(g, weighting)
+    norm = brute_norm(g, lambda k: ref_window_weight(g, weighting, k))
+    start = tuple(data.draw(st.integers(0, p - 1)) for p in g.padded_shape)
+    stop = tuple(data.draw(st.integers(a + 1, p)) for a, p in zip(start, g.padded_shape))
+    box = tuple(slice(a, b) for a, b in zip(start, stop))
+    sums = random_volume(seed, (2, 3, *(b - a for a, b in zip(start, stop))), torch.float64)
+    expected = sums.numpy() / norm[box]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(blend, "NORMALISE_BYTES", block_bytes)
+        blocked = blend.normalise_(sums.clone(), w, start, one_pass=False)
+    one = blend.normalise_(sums.clone(), w, start, one_pass=True)
+    np.testing.assert_allclose(blocked.numpy(), expected, rtol=1e-12)
+    assert torch.equal(blocked, one)
+
+
+def test_a_nan_in_one_block_is_found(monkeypatch):
+    from napari_qlty.core import blend
+
+    g = Grid((9, 7, 5), window=(3, 3, 3), step=(2, 2, 2))
+    sums = torch.ones((1, 2, 9, 7, 5))
+    sums[0, 1, 8, 6, 4] = float("nan")
+    monkeypatch.setattr(blend, "NORMALISE_BYTES", 16)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        blend.normalise_(sums, WindowWeights(g, Weighting("gaussian")), (0, 0, 0), one_pass=False)

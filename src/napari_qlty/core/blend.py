@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .grid import Grid
-from .weights import Weighting, WindowWeights, window_weights
+from .weights import Weighting, WindowWeights, combine_norm, window_weights
 
-#: voxels of total weight built at a time when normalising: few, large operations
-#: (robust to a loaded machine) while the weight block stays a small part of the output
-NORMALISE_BLOCK = 1 << 20
+#: bytes of sums and weights normalised at a time on a CPU: half a core's L2 cache, so
+#: the finite check after the division reads from the cache, not from memory
+NORMALISE_BYTES = 1 << 21
 
 
 def fused_for(device: torch.device | str | None) -> bool:
@@ -104,7 +104,7 @@ class Accumulator:
             raise ValueError(f"region [{self.start}, {self.stop}) is empty")
         self.sum = torch.zeros((n_images, channels, *size), dtype=dtype, device=device)
         self._origins = grid.origins()
-        self._placement: dict[int, tuple[tuple[slice, ...], tuple[slice, ...]] | None] = {}
+        self._placement: dict[int, tuple[tuple[slice, ...], tuple[slice, ...], bool] | None] = {}
 
     def add(self, patches: torch.Tensor, indices: Sequence[int] | np.ndarray) -> None:
         """Add windows ``patches`` (M, C, *window) with flat indices ``indices``."""
@@ -158,14 +158,14 @@ class Accumulator:
         placement = self._placement[k]
         if placement is None:
             return
-        src, dst = placement
+        src, dst, weighted = placement
         target = self.sum[(n, slice(None), *dst)]
         part = patch[(slice(None), *src)]
-        if self.weights.uniform:
-            target.add_(part)
-        else:
+        if weighted:
             w = self.weights.for_window(k, device=patch.device, dtype=self.sum.dtype)
             target.addcmul_(part, w[src])
+        else:
+            target.add_(part)
 
     def add_grid(self, patches: torch.Tensor) -> None:
         """Add the windows of whole images, (N * len(grid), C, *window), in grid order.
@@ -208,16 +208,20 @@ class Accumulator:
                 else:
                     target.addcmul_(part, w)
 
-    def _place(self, k: int) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
-        """(slices in the window, slices in the region) of window ``k``, None if it misses."""
+    def _place(self, k: int) -> tuple[tuple[slice, ...], tuple[slice, ...], bool] | None:
+        """(slices in the window, slices in the region, whether to multiply by the weights)
+        of window ``k``; None if it misses the region. A window whose weights are 1 on a
+        box and 0 elsewhere is cut to that box and added as it is."""
+        box = None if self.weights.uniform else self.weights.box_of_class(self.weights.class_of(k))
+        spans = box or tuple((0, w) for w in self.grid.window)
         src, dst = [], []
-        for o, w, a, b in zip(self._origins[k].tolist(), self.grid.window, self.start, self.stop):
-            lo, hi = max(o, a), min(o + w, b)
+        for o, (lo, hi), a, b in zip(self._origins[k].tolist(), spans, self.start, self.stop):
+            lo, hi = max(o + lo, a), min(o + hi, b)
             if lo >= hi:
                 return None
             src.append(slice(lo - o, hi - o))
             dst.append(slice(lo - a, hi - a))
-        return tuple(src), tuple(dst)
+        return tuple(src), tuple(dst), not (self.weights.uniform or box is not None)
 
     def result(self, crop: bool = True) -> torch.Tensor:
         """The weighted mean over the region (in place: the accumulator is consumed).
@@ -237,30 +241,54 @@ def normalise_(sums: torch.Tensor, weights: WindowWeights, start: Sequence[int],
                one_pass: bool | None = None) -> torch.Tensor:
     """Divide weighted sums (N, C, *box), box at ``start``, by the total weight, in place.
 
-    On a CPU it works in row blocks so the weight block stays small; with ``one_pass``
-    (default: on accelerators, where kernel launches, not memory, are the cost) the
-    whole box is one block. Raises ``ValueError`` if any value is NaN or infinite (a
-    model output went wrong).
+    On a CPU it works in blocks of rows small enough for a core's cache (the sums of
+    every channel and their weight block), so dividing and checking read memory once;
+    with ``one_pass`` (default: on accelerators, where kernel launches, not memory, are
+    the cost) the whole box is one block. Raises ``ValueError`` if any value is NaN or
+    infinite (a model output went wrong).
     """
-    size = sums.shape[2:]
+    size = tuple(sums.shape[2:])
+    stop = tuple(a + s for a, s in zip(start, size))
     if one_pass is None:
         one_pass = fused_for(sums.device)
-    block = math.prod(size) if one_pass else NORMALISE_BLOCK
-    rows = max(1, block // max(1, math.prod(size[1:])))
+    parts = weights.norm_parts(start, stop, sums.device, sums.dtype)
+    planes = sums.shape[0] * sums.shape[1] + 1  # the sums of every image and channel, and the weights
+    block = math.prod(size) if one_pass else max(1, NORMALISE_BYTES // (sums.element_size() * planes))
     bad = torch.zeros((), dtype=torch.bool, device=sums.device)
-    for r0 in range(0, size[0], rows):
-        r1 = min(r0 + rows, size[0])
-        block_start = (start[0] + r0, *start[1:])
-        block_stop = (start[0] + r1, *(a + s for a, s in zip(start[1:], size[1:])))
-        block = sums[:, :, r0:r1]
-        block.div_(weights.norm(block_start, block_stop, device=sums.device, dtype=sums.dtype))
-        bad |= ~torch.isfinite(block.detach().sum())  # NaN and inf survive a sum
+    for rows, cols in _blocks(size, block):
+        sub = sums[(slice(None), slice(None), rows, cols)[: 2 + len(size)]]
+        if parts is None:  # a user map: its total weight is a stored array
+            cut = (rows, cols)[: len(size)]
+            norm = weights.norm([a + c.start for a, c in zip(start, cut)] + list(start[len(cut):]),
+                                [a + c.stop for a, c in zip(start, cut)] + list(stop[len(cut):]),
+                                device=sums.device, dtype=sums.dtype)
+        else:
+            norm = combine_norm(parts, rows, cols)
+        sub.div_(norm)
+        bad |= ~torch.isfinite(sub.sum(dtype=torch.float64))  # NaN and inf survive a sum
     if bool(bad):
         raise ValueError(
             "stitched result holds NaN or infinite values: the model produced NaN/inf "
             "for at least one window"
         )
     return sums
+
+
+def _blocks(size: Sequence[int], block: int) -> Iterator[tuple[slice, slice]]:
+    """(rows of axis 0, columns of axis 1) of blocks of at most ``block`` voxels (at least
+    one row of axis 1 each); the columns are all of axis 1 (all of one voxel for one axis)
+    where whole rows fit."""
+    inner = math.prod(size[2:]) if len(size) > 1 else 1
+    width = size[1] if len(size) > 1 else 1
+    if block >= width * inner:
+        rows = max(1, block // (width * inner))
+        for r0 in range(0, size[0], rows):
+            yield slice(r0, min(r0 + rows, size[0])), slice(0, width)
+        return
+    cols = max(1, block // inner)
+    for r0 in range(size[0]):
+        for c0 in range(0, size[1], cols):
+            yield slice(r0, r0 + 1), slice(c0, min(c0 + cols, size[1]))
 
 
 def lattice_groups(grid: Grid) -> list[tuple[range, ...]]:

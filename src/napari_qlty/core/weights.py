@@ -111,6 +111,17 @@ def outer(vectors: Sequence[torch.Tensor]) -> torch.Tensor:
     return out
 
 
+def combine_norm(parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+    """The weight block ``[rows, cols, ...]`` from :meth:`WindowWeights.norm_parts`."""
+    out = None
+    for lead, tail in parts:
+        lead = lead[rows]
+        term = lead.view((-1,) + (1,) * tail.ndim) * (tail[cols] if tail.ndim else tail)
+        out = term if out is None else out + term
+    return out
+
+
 _shared: OrderedDict[tuple, WindowWeights] = OrderedDict()
 
 
@@ -193,6 +204,21 @@ class WindowWeights:
                     f"(got {grid.step[axis]}), or a border_weight > 0"
                 )
 
+    def box_of_class(self, cls: EdgeClass) -> tuple[tuple[int, int], ...] | None:
+        """Per axis ``(lo, hi)``: where a window of class ``cls`` weighs 1, if it weighs 0
+        everywhere else (qlty's border weighting with ``border_weight=0``), else None.
+
+        Such a window is added by copying its box, with no weight to read or multiply.
+        """
+        if self.weighting.mode != "border" or self.bw != 0.0:
+            return None
+        box = []
+        for axis, edges in enumerate(cls):
+            inside = self._profiles[axis][edges][1]
+            ones = np.flatnonzero(inside)
+            box.append((int(ones[0]), int(ones[-1]) + 1))
+        return tuple(box)
+
     @property
     def uniform(self) -> bool:
         """True when every window weighs 1 everywhere (nothing to multiply)."""
@@ -246,16 +272,24 @@ class WindowWeights:
         device=None,
         dtype=torch.float32,
     ) -> torch.Tensor:
-        """Total weight over the box ``[start, stop)`` of the (padded) volume.
-
-        Built from the leading axis' 1D sums and a cached product over the other axes,
-        so normalising row blocks costs one small broadcast per block.
-        """
+        """Total weight over the box ``[start, stop)`` of the (padded) volume."""
         start = tuple(start) if start is not None else (0,) * self.grid.ndim
         stop = tuple(stop) if stop is not None else self.grid.padded_shape
-        box = tuple(slice(a, b) for a, b in zip(start, stop))
         if self.weighting.mode == "map":
-            return self._norm_map[box].to(device=device, dtype=dtype)
+            return self._norm_map[tuple(slice(a, b) for a, b in zip(start, stop))].to(device=device, dtype=dtype)
+        return combine_norm(self.norm_parts(start, stop, device, dtype))
+
+    def norm_parts(self, start: Sequence[int], stop: Sequence[int], device=None,
+                   dtype=torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The total weight over a box as ``sum(lead[:, None, ...] * tail)`` terms: (lead
+        (S0,) with the border weight folded in, tail (*S[1:])) each; None for a user map.
+
+        Normalising slices ``lead`` and ``tail`` per block, so the weight block of any part
+        of the box costs one small broadcast; the tails are cached per box.
+        """
+        if self.weighting.mode == "map":
+            return None
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
         key = (tuple((sl.start, sl.stop) for sl in box[1:]), str(device), dtype)
         cached = self._tail  # one read: another thread may swap in another box's tail
         if cached is None or cached[0] != key:
@@ -267,17 +301,17 @@ class WindowWeights:
             )
             cached = self._tail = (key, tails)
         tail_a, tail_b = cached[1]
-        shape = (-1,) + (1,) * (self.grid.ndim - 1)
 
-        def lead(sums):
-            return torch.as_tensor(sums[0][box[0]], dtype=dtype, device=device).view(shape)
+        def lead(sums, coef=None):
+            lead = torch.as_tensor(sums[0][box[0]], dtype=dtype, device=device)
+            return lead if coef is None else coef * lead
 
         bw = self.bw
         if bw == 1.0:
-            return lead(self._sum_a) * tail_a
+            return [(lead(self._sum_a), tail_a)]
         if bw == 0.0:
-            return lead(self._sum_b) * tail_b
-        return (bw * lead(self._sum_a)) * tail_a + ((1.0 - bw) * lead(self._sum_b)) * tail_b
+            return [(lead(self._sum_b), tail_b)]
+        return [(lead(self._sum_a, bw), tail_a), (lead(self._sum_b, 1.0 - bw), tail_b)]
 
     def _combine(self, a_vectors, b_vectors, device, dtype) -> torch.Tensor:
         # combine in float64, then cast: weights are exact to the output's precision
