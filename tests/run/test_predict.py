@@ -285,7 +285,8 @@ def test_region_cap_and_cancel_then_resume(tmp_path, volume):
     meta = read_meta(out)
     assert meta["layout"]["region"] == [16, 16, 16] and meta["complete"] is False
     events = list(iter_predict(model, src, grid, out, **kwargs))
-    assert events[0].regions_done == 3
+    # the region being written when the run stopped is finished and reported too
+    assert 3 <= len(regions_seen) <= 4 and events[0].regions_done == len(regions_seen)
     expected = infer(model, torch.from_numpy(x), grid, Weighting("border", 0.0)).numpy()
     np.testing.assert_allclose(zarr.open_group(str(out))["probabilities"][...], expected, rtol=1e-5, atol=1e-5)
 

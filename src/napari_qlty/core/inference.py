@@ -10,15 +10,16 @@ batch is cut.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from .blend import Accumulator, FlatIndex, accumulation_dtype, check_patches, cut_fused, fused_for
+from .blend import Accumulator, accumulation_dtype, check_patches, fused_for
+from .feed import feed_windows
 from .grid import Grid
 from .intensity import IDENTITY, Fitted, Normalisation
-from .tiles import as_tensor, check_volume, pad_far_end, window_slices
+from .tiles import as_tensor, check_volume, pad_far_end
 from .weights import Weighting, WindowWeights, window_weights
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -110,11 +111,6 @@ def to_model(batch: torch.Tensor, device: torch.device, dtype: torch.dtype | Non
     return intensity.apply(batch)
 
 
-def batches(order: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
-
-
 def window_order(weights: WindowWeights, n_images: int) -> np.ndarray:
     """All flat window indices, grouped by edge class so each class's weights are built once."""
     per_image = len(weights.grid)
@@ -173,21 +169,9 @@ def infer(
         x = pad_far_end(x, grid.padded_shape, grid.pad)
     n_images = x.shape[0]
     fused = fused_for(device) if fused is None else fused
-    flat = FlatIndex(grid, (0,) * grid.ndim, grid.padded_shape, x.device) if fused and x.device == device else None
-    if flat is not None:
-        x = x.contiguous()
     acc: Accumulator | None = None
-    buffer = None
-    pin = device.type == "cuda" and x.device.type == "cpu"
-    for idx in batches(window_order(weights, n_images), batch_size):
-        if flat is not None:  # cut on the device: one gather
-            batch = cut_fused(x, flat.index(idx, x.shape[1]), grid.window)
-        else:  # cut on the host into one reused (pinned, for a GPU) buffer, in the stored dtype
-            views = [x[(n, slice(None), *sl)] for n, sl in window_slices(grid, idx)]
-            if buffer is None or buffer.shape[0] != len(views):
-                buffer = torch.empty((len(views), *views[0].shape), dtype=x.dtype, device=x.device,
-                                     pin_memory=pin)
-            batch = torch.stack(views, out=buffer)
+    order = window_order(weights, n_images)
+    for idx, batch in feed_windows(x, grid, order, batch_size, device, fused=fused):
         out = model(to_model(batch, device, dtype, intensity))
         check_output(out, batch, grid)
         if postprocess is not None:

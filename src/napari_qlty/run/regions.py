@@ -87,13 +87,14 @@ def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def region_cost(grid: Grid, size: Sequence[int], channels_in: int, channels_out: int,
-                in_itemsize: int = 4) -> int:
-    """Bytes a region task holds besides its batches: the input box in its stored dtype
-    (read, then copied into a tensor), the float32 weighted sums over the box, and the
-    final values and labels."""
+                in_itemsize: int = 4, regions_held: int = 1) -> int:
+    """Bytes a run holds besides its batches: per region, the input box in its stored
+    dtype (read, then copied into a tensor), the float32 weighted sums over the box, and
+    the final values and labels; ``regions_held`` regions at a time (2 where one is read
+    ahead or written behind while another computes)."""
     box = math.prod(min(s + w, p) for s, w, p in zip(size, grid.window, grid.padded_shape))
     core = math.prod(min(s, p) for s, p in zip(size, grid.padded_shape))
-    return box * (2 * in_itemsize * channels_in + 4 * channels_out) + core * (8 * channels_out + 9)
+    return regions_held * (box * (2 * in_itemsize * channels_in + 4 * channels_out) + core * (8 * channels_out + 9))
 
 
 def plan_region_size(
@@ -105,6 +106,7 @@ def plan_region_size(
     budget_bytes: int,
     cap: Sequence[int] | None = None,
     in_itemsize: int = 4,
+    regions_held: int = 1,
 ) -> tuple[int, ...]:
     """The largest chunk-aligned region whose working set fits ``budget_bytes``.
 
@@ -118,7 +120,7 @@ def plan_region_size(
             raise ValueError(f"region must be {grid.ndim} positive ints, got {tuple(cap)}")
         size = [min(s, max(c, m // c * c)) for s, c, m in zip(size, chunks, cap)]
     def cost(size) -> int:
-        return region_cost(grid, size, channels_in, channels_out, in_itemsize) + batch_bytes
+        return region_cost(grid, size, channels_in, channels_out, in_itemsize, regions_held) + batch_bytes
 
     while cost(size) > budget_bytes:
         shrinkable = [a for a in range(grid.ndim) if size[a] > chunks[a]]

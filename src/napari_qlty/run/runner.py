@@ -182,8 +182,13 @@ def iter_predict(
         "channels": channels_out,
         "shape": grid.shape,
         "chunks": chunks,
-        "region": plan_region_size(grid, chunks, src.shape[1], channels_out, per_batch, budget, region,
-                                   in_itemsize=in_itemsize),
+        # in this process: a region read ahead or written behind the one computing (one
+        # sequential run), or one region and one batch per thread; a cluster's workers each
+        # hold their own
+        "region": plan_region_size(grid, chunks, src.shape[1], channels_out,
+                                   per_batch * (workers if scheduler is None else 1), budget, region,
+                                   in_itemsize=in_itemsize,
+                                   regions_held=max(2, workers) if scheduler is None else 1),
         "region_counts": None,
         "probabilities": probabilities,
         "labels": labels,

@@ -6,7 +6,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-from .task import Job, run_region
+from .task import Job, compute_region, finish_region, read_input, run_region
 
 
 class ReadyQueue:
@@ -32,8 +32,7 @@ def execute(job: Job, todo: list, deps: dict, workers: int, scheduler, cancelled
         yield from _execute_distributed(job, todo, deps, scheduler)
         return
     if workers == 1:
-        for task in todo:  # C order: senders always come first
-            yield task, run_region(job, task, cancelled)
+        yield from _execute_pipelined(job, todo, cancelled)
         return
     stop = threading.Event()
 
@@ -57,6 +56,41 @@ def execute(job: Job, todo: list, deps: dict, workers: int, scheduler, cancelled
                     yield task, result
         finally:
             stop.set()
+
+
+def _execute_pipelined(job: Job, todo: list, cancelled=None) -> Iterator[tuple]:
+    """Tasks in C order (senders always come first), each region's input read while the
+    one before it computes, and its hand-over and values written while the one after it
+    computes.
+
+    At most one region is read ahead and one written behind, so a run holds two regions
+    at a time (:func:`~napari_qlty.run.regions.region_cost` counts them). A region is
+    yielded once written; a cancelled or failed run still finishes the write in flight.
+    """
+    if not todo:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="qlty-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="qlty-write") as writer:
+        ahead = reader.submit(read_input, job, todo[0])
+        behind = None  # (task, windows, future) of the region being written
+        try:
+            for i, task in enumerate(todo):
+                x = ahead.result()
+                if i + 1 < len(todo):
+                    ahead = reader.submit(read_input, job, todo[i + 1])
+                sums, windows = compute_region(job, task, x, cancelled)
+                del x
+                if behind is not None:
+                    done, behind = behind, None
+                    yield done[0], (done[1], done[2].result())
+                # one writer, in C order: a region's senders have handed over before it finishes
+                behind = (task, windows, writer.submit(finish_region, job, task, sums))
+                del sums
+        except Exception:  # cancelled or failed: the region in flight is written and reported
+            if behind is not None:
+                yield behind[0], (behind[1], behind[2].result())
+            raise
+        yield behind[0], (behind[1], behind[2].result())
 
 
 def _execute_distributed(job: Job, todo: list, deps: dict, scheduler) -> Iterator[tuple]:

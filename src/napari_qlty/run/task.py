@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.blend import fused_for
+from ..core.feed import feed_windows
 from ..core.grid import Grid
 from ..core.inference import check_output, input_dtype, to_model
 from ..core.intensity import IDENTITY, Fitted
@@ -69,47 +70,65 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
 
     Returns (windows run, values saturated to the store's dtype).
     """
+    sums, windows = compute_region(job, task, read_input(job, task), cancelled)
+    return windows, finish_region(job, task, sums)
+
+
+def read_input(job: Job, task: tuple[int, ...]) -> torch.Tensor | None:
+    """The input box region ``task`` needs, in its stored dtype (None: it owns no window)."""
+    regions = Regions(job.grid, job.region_size)
+    if not regions.owned(task[1:]).size:
+        return None
+    return read_region(job.source, task[0], *regions.box(task[1:]), job.grid)
+
+
+def compute_region(job: Job, task: tuple[int, ...], x: torch.Tensor | None,
+                   cancelled: Callable[[], bool] | None = None) -> tuple[RegionSums, int]:
+    """Run region ``task``'s windows over its input box ``x`` (see :func:`read_input`);
+    returns (the weighted sums over its box, windows run)."""
     n, r = task[0], task[1:]
-    grid = job.grid
-    regions = Regions(grid, job.region_size)
-    store = OutputStore(job.store_path)
-    weights = _weights(job)
+    regions = Regions(job.grid, job.region_size)
     device = torch.device(job.device)
-    box_start, box_stop = regions.box(r)
+    box_start, _ = regions.box(r)
     positions = regions.owned(r)
-    sums = RegionSums(regions, weights, n, r, job.channels_out, device=device)
+    sums = RegionSums(regions, _weights(job), n, r, job.channels_out, device=device)
     if positions.size:
         model = load_model(job.model, device) if isinstance(job.model, (ModelSpec, str)) else job.model
         post = POSTPROCESS[job.postprocess] if job.postprocess else None
-        x = read_region(job.source, n, box_start, box_stop, grid)  # the stored dtype
         dtype = input_dtype(model)
-        origins = grid.origins()
+        fused = fused_for(device)
         with torch.no_grad():
-            for i in range(0, len(positions), job.batch_size):
+            for chunk, batch in feed_windows(x.unsqueeze(0), job.grid, positions, job.batch_size, device,
+                                             start=box_start):
                 if cancelled is not None and cancelled():
                     raise Cancelled()
-                chunk = positions[i : i + job.batch_size]
-                batch = torch.stack([
-                    x[(slice(None), *(slice(o - a, o - a + w) for o, a, w in zip(origins[k], box_start, grid.window)))]
-                    for k in chunk
-                ])
                 batch = to_model(batch, device, dtype, job.intensity)
                 out = run_with_oom_backoff(model, batch)  # halves the batch on out-of-memory
-                check_output(out, batch, grid)
+                check_output(out, batch, job.grid)
                 if post is not None:
                     out = post(out)
-                sums.add(out, chunk, fused=fused_for(device))
+                sums.add(out, chunk, fused=fused)
                 del out, batch
                 give_back_memory()  # an operator's workspace (a conv's columns) goes back at once
-        del x
+    return sums, int(positions.size)
+
+
+def finish_region(job: Job, task: tuple[int, ...], sums: RegionSums) -> int:
+    """Hand region ``task``'s sums past its far faces to its receivers, add what its
+    senders handed to it, write its final values and mark it finished; returns the
+    values saturated to the store's dtype. Its receivers may finish once this returns."""
+    n, r = task[0], task[1:]
+    regions = Regions(job.grid, job.region_size)
+    store = OutputStore(job.store_path)
     core = sums.hand_over(store.spills)
-    final = finish(regions, weights, store.spills, n, r, core)
+    del sums
+    final = finish(regions, _weights(job), store.spills, n, r, core)
     saturated = store.write_region(n, regions.bounds(r)[0], final)
     store.mark_finished(task)
     release(regions, store.spills, n, r)
-    del sums, core, final
+    del core, final
     give_back_memory()
-    return int(positions.size), saturated
+    return saturated
 
 
 class Cancelled(Exception):
