@@ -97,6 +97,24 @@ def test_predict_cli_matches_engine_and_resumes(files, capsys):
     assert "already complete" in capsys.readouterr().out
 
 
+def test_predict_cli_speed_flags_run_and_are_kept_for_a_resume(files, capsys):
+    tmp, image, _, model = files
+    out = tmp / "fast.zarr"
+    args = ["predict", str(tmp / "image.npy"), str(out), "--model", str(tmp / "model.pt"),
+            "--window", "16", "--step", "12", "--border", "2", "--device", "cpu", "--chunks", "8"]
+    assert main([*args, "--precision", "bfloat16", "--channels-last"]) == 0
+    from napari_qlty import Speed
+
+    expected = infer(model, torch.from_numpy(image)[None, None], Grid(image.shape, 16, 12, 2),
+                     speed=Speed("bfloat16", channels_last=True))
+    np.testing.assert_allclose(zarr.open_group(str(out))["probabilities"][...], expected.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    assert main(args) == 2  # the same output without the flags: another run, refused
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "precision: stored bfloat16, now float32" in err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -18,6 +18,7 @@ from .core.intensity import MODES as NORMALISATIONS
 from .core.intensity import Normalisation
 from .core.labels import DenseLabelsWarning, LabelConvention, LabelView
 from .core.pairs import as_label_volume
+from .core.speed import PRECISIONS, Speed
 from .core.weights import MODES, Weighting
 from .io import labels_store
 from .io.formats import StoreError
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="regions run at once on local threads")
     p.add_argument("--scheduler", default=None, help="a dask scheduler address (tcp://host:8786)")
     p.add_argument("--overwrite", action="store_true", help="replace a prediction of ours at OUTPUT")
+    g = p.add_argument_group("speed (off by default: results may move a little; docs/benchmarks.md has figures)")
+    g.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                   help="run the model under autocast to bfloat16 or float16")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory for 2D/3D windows")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (a one-off compile first)")
     return parser
 
 
@@ -214,6 +220,7 @@ def cmd_predict(args) -> int:
         threshold=args.threshold, normalise=normalisation_of(args), workers=args.workers,
         scheduler=args.scheduler, overwrite=args.overwrite,
         chunks=None if args.chunks is None else per_axis(args.chunks, grid.ndim, "--chunks"),
+        speed=Speed(args.precision, args.channels_last, args.compile),
     ):
         if event.kind == "start":
             print(f"input  {src.describe()}")

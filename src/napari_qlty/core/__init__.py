@@ -8,6 +8,7 @@ from .blend import Accumulator, stitch
 from .grid import Grid, Window
 from .inference import infer
 from .pairs import IGNORE, PairStatistics, TrainingPairs, clean_pairs, select_windows
+from .speed import Speed
 from .tiles import extract, extract_lazy
 from .weights import Weighting, WindowWeights
 
@@ -16,6 +17,7 @@ __all__ = [
     "Accumulator",
     "Grid",
     "PairStatistics",
+    "Speed",
     "TrainingPairs",
     "Weighting",
     "Window",

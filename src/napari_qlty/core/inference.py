@@ -19,6 +19,7 @@ from .blend import Accumulator, accumulation_dtype, check_patches, fused_for
 from .feed import feed_windows
 from .grid import Grid
 from .intensity import IDENTITY, Fitted, Normalisation
+from .speed import Speed, sped_up
 from .tiles import as_tensor, check_volume, pad_far_end
 from .weights import Weighting, WindowWeights, window_weights
 
@@ -142,6 +143,7 @@ def infer(
     postprocess: Model | None = None,
     normalise: Normalisation | Fitted | str | None = None,
     fused: bool | None = None,
+    speed: Speed | None = None,
 ) -> torch.Tensor:
     """Apply ``model`` to every window of ``x`` (N, C, *shape) and blend: (N, C_out, *shape).
 
@@ -154,7 +156,9 @@ def infer(
     batch of outputs before blending. Each window goes through the model exactly once.
     ``fused`` cuts and adds each batch in a fixed number of operators (default: on
     accelerators, where every operator costs a kernel launch; see
-    :func:`~napari_qlty.core.blend.fused_for`).
+    :func:`~napari_qlty.core.blend.fused_for`). ``speed`` runs the model in lower
+    precision, channels-last or compiled (:class:`~napari_qlty.core.speed.Speed`; off by
+    default).
     """
     x = as_tensor(x)
     check_volume(x, grid, "input")
@@ -164,6 +168,7 @@ def infer(
     intensity = fit_normalisation(normalise, x, model)
     model = for_inference(model, device)
     dtype = input_dtype(model)
+    model = sped_up(model, speed or Speed(), device, grid.ndim)
     weights = window_weights(grid, weighting)
     if grid.needs_padding:
         x = pad_far_end(x, grid.padded_shape, grid.pad)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import zarr
 
+from ..core.speed import Speed
 from . import formats
 from .formats import (
     ATTRS_KEY,
@@ -199,6 +200,9 @@ def read_meta(path: str | Path) -> dict | None:
 def explain(stored: dict, now: dict) -> list[str]:
     """What differs between the parameters of a store and of this run, in words:
     ``window: stored 64, now 48`` (one number for equal axes), ``model: another model``."""
+    # parameters recorded only when not the default are compared with their defaults
+    defaults = {"speed": Speed().to_json()}
+    stored, now = {**defaults, **stored}, {**defaults, **now}
     out = []
     for line in differences(stored, now):
         key, _, rest = line.partition(": stored ")

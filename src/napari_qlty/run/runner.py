@@ -29,6 +29,7 @@ import torch
 from ..core.grid import Grid
 from ..core.inference import feed_dtype, for_inference, model_normalisation
 from ..core.intensity import Fitted, Normalisation
+from ..core.speed import Speed
 from ..core.weights import Weighting, WindowWeights
 from ..io.formats import canonical
 from ..io.prediction import OutputStore, read_meta
@@ -98,6 +99,7 @@ def iter_predict(
     axes: str | None = None,
     region: Sequence[int] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    speed: Speed | None = None,
 ) -> Iterator[Event]:
     """Run ``model`` over every window of ``source`` into the zarr store ``output``.
 
@@ -116,7 +118,8 @@ def iter_predict(
     must then be files). ``region`` caps the region shape (rounded down to whole chunks;
     smaller regions stream results sooner). ``cancelled`` is polled between batches: when
     it returns True the run stops with :class:`Cancelled`, and rerunning resumes.
-    Yields :class:`Event` objects.
+    ``speed`` runs the model in lower precision, channels-last or compiled (off by
+    default; a store records it, so a resume keeps it). Yields :class:`Event` objects.
     """
     t0 = time.perf_counter()
     if not (probabilities or labels):
@@ -171,6 +174,9 @@ def iter_predict(
         "outputs": {"probabilities": probabilities, "labels": labels, "dtype": dtype},
         "postprocess": postprocess,
     }
+    speed = speed or Speed()
+    if not speed.default:  # results differ a little: a resume must run the same way
+        params["speed"] = speed.to_json()
     rule = {"kind": "argmax"}
     if channels_out == 1:
         rule = {"kind": "threshold", "threshold": float(threshold), "probabilities": postprocess == "sigmoid"}
@@ -201,13 +207,14 @@ def iter_predict(
     store = OutputStore.open_for_run(output, params, layout, overwrite=overwrite)
     try:
         yield from _run(store, src, model if scheduler is not None else live_model, grid, weighting, output,
-                        channels_out, batch_size, dev, postprocess, intensity, workers, scheduler, cancelled, t0)
+                        channels_out, batch_size, dev, postprocess, intensity, speed, workers, scheduler,
+                        cancelled, t0)
     finally:
         store.close()
 
 
 def _run(store, src, model, grid, weighting, output, channels_out, batch_size, dev, postprocess, intensity,
-         workers, scheduler, cancelled, t0) -> Iterator[Event]:
+         speed, workers, scheduler, cancelled, t0) -> Iterator[Event]:
     region_size = tuple(store.layout["region"])
     regions = Regions(grid, region_size)
     tasks = [(n, *r) for n in range(src.shape[0]) for r in itertools.product(*(range(c) for c in regions.counts))]
@@ -221,7 +228,7 @@ def _run(store, src, model, grid, weighting, output, channels_out, batch_size, d
     done_windows = sum(per_task[t] for t in finished)
     todo = [t for t in tasks if t not in finished]
     job = Job(src, model, grid, weighting, str(output), region_size, channels_out, batch_size, str(dev),
-              postprocess, intensity)
+              postprocess, intensity, speed)
     yield Event("start", done_windows, windows_total, len(finished), len(tasks), time.perf_counter() - t0,
                 message=f"{len(todo)} of {len(tasks)} regions to run ({len(finished)} finished before)")
     deps = {t: {(t[0], *s) for s in regions.senders(t[1:])} - finished for t in todo}

@@ -14,6 +14,7 @@ from ..core.feed import feed_windows
 from ..core.grid import Grid
 from ..core.inference import check_output, input_dtype, to_model
 from ..core.intensity import IDENTITY, Fitted
+from ..core.speed import Speed, sped_up
 from ..core.tiles import read_region
 from ..core.weights import Weighting, WindowWeights, window_weights
 from ..io.prediction import OutputStore
@@ -45,6 +46,7 @@ class Job:
     device: str = "cpu"
     postprocess: str | None = None
     intensity: Fitted = IDENTITY
+    speed: Speed = Speed()
     token: str = field(default_factory=lambda: f"{time.time_ns()}")
 
 
@@ -96,6 +98,7 @@ def compute_region(job: Job, task: tuple[int, ...], x: torch.Tensor | None,
         model = load_model(job.model, device) if isinstance(job.model, (ModelSpec, str)) else job.model
         post = POSTPROCESS[job.postprocess] if job.postprocess else None
         dtype = input_dtype(model)
+        model = sped_up(model, job.speed, device, job.grid.ndim)
         fused = fused_for(device)
         with torch.no_grad():
             for chunk, batch in feed_windows(x.unsqueeze(0), job.grid, positions, job.batch_size, device,
