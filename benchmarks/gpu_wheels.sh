@@ -15,5 +15,6 @@ mkdir -p "$DEST"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d "$DEST" \
-  qlty==1.5.0 monai==1.6.1 zarr==3.1.6 donfig numcodecs google-crc32c dask partd locket
+  qlty==1.5.0 monai==1.6.1 zarr==3.1.6 donfig numcodecs google-crc32c dask distributed partd locket \
+  mrcfile tblib zict sortedcontainers
 ls "$DEST"
