@@ -373,3 +373,40 @@ def test_one_channel_models_get_labels_by_threshold(tmp_path, volume):
                                   (probs[:, 0] >= 0.8).astype(np.uint8))
     with pytest.raises(ValueError, match="one output channel, whose softmax is always 1"):
         predict(one, src, grid, tmp_path / "s.zarr", device="cpu", postprocess="softmax")
+
+
+def test_a_model_failing_mid_run_leaves_the_regions_written_so_far_and_resumes(tmp_path, volume):
+    """The pipelined run writes the region in flight before the error surfaces; nothing
+    looks finished, and the rerun does only what is left, to the same bytes."""
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    conv = conv_model()
+
+    class Flaky(torch.nn.Module):
+        """The conv, failing on its 25th call (probes included) while ``broken``."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv, self.calls, self.broken = conv, 0, True
+
+        def forward(self, batch):
+            self.calls += 1
+            if self.broken and self.calls == 25:
+                raise RuntimeError("the model broke")
+            return self.conv(batch)
+
+    flaky = Flaky().eval()
+    kwargs = dict(weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8), region=(16, 16, 16), batch_size=2)
+    seen = []
+    with pytest.raises(RuntimeError, match="the model broke"):
+        for event in iter_predict(flaky, src, grid, tmp_path / "out.zarr", **kwargs):
+            if event.kind == "region":
+                seen.append(event.region)
+    assert read_meta(tmp_path / "out.zarr")["complete"] is False
+    flaky.broken = False
+    events = list(iter_predict(flaky, src, grid, tmp_path / "out.zarr", **kwargs))
+    assert events[0].regions_done == len(seen) > 0
+    predict(flaky, src, grid, tmp_path / "whole.zarr", **kwargs)
+    a = zarr.open_group(str(tmp_path / "whole.zarr"))["probabilities"][...]
+    b = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
+    np.testing.assert_array_equal(a, b)
