@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import socket
@@ -410,3 +411,44 @@ def test_a_model_failing_mid_run_leaves_the_regions_written_so_far_and_resumes(t
     a = zarr.open_group(str(tmp_path / "whole.zarr"))["probabilities"][...]
     b = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
     np.testing.assert_array_equal(a, b)
+
+
+def test_the_view_runs_first_and_the_result_is_the_same_in_any_order(tmp_path, volume):
+    """Regions meeting the view come first (after the senders they wait for); a view that
+    moves reorders what is pending; stopping after the view and resuming, or running in
+    view order to the end, gives the bytes of a run in C order."""
+    from napari_qlty.run import View
+
+    x, src = volume
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    model = conv_model()
+    kwargs = dict(weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8), region=(8, 8, 8))
+    predict(model, src, grid, tmp_path / "c.zarr", **kwargs)
+    reference = zarr.open_group(str(tmp_path / "c.zarr"))["probabilities"][...]
+
+    views = [View((24, 30, 20), (30, 37, 29)), View((0, 0, 0), (5, 5, 5))]
+    first, order = [], []
+    events = list(iter_predict(model, src, grid, tmp_path / "v.zarr", view=lambda: views[0],
+                               view_only=True, **kwargs))
+    assert events[-1].kind == "paused" and "the view is done" in events[-1].message
+    done = [e.region for e in events if e.kind == "region"]
+    in_view = {(0, *r) for r in itertools.product(range(3, 4), range(3, 5), range(2, 4))}
+    assert in_view <= set(done) and len(done) < events[-1].regions_total
+    assert read_meta(tmp_path / "v.zarr")["complete"] is False
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "v.zarr"))["probabilities"][:, :, 24:30, 30:37, 20:29],
+                                  reference[:, :, 24:30, 30:37, 20:29])
+
+    def moving():  # the user looks elsewhere after two regions
+        return views[0] if len(order) < 2 else views[1]
+
+    for event in iter_predict(model, src, grid, tmp_path / "v.zarr", view=moving, **kwargs):
+        if event.kind == "region":
+            order.append(event.region)
+            first.append(event.region)
+    assert (0, 0, 0, 0) in order[:6]
+    assert events[-1].regions_done + len(order) == events[-1].regions_total
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "v.zarr"))["probabilities"][...], reference)
+    assert read_meta(tmp_path / "v.zarr")["complete"] is True
+
+    with pytest.raises(ValueError, match="use workers=1 and no scheduler with view"):
+        predict(model, src, grid, tmp_path / "w.zarr", view=lambda: views[0], workers=2, **kwargs)

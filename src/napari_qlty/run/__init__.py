@@ -2,5 +2,6 @@
 
 from .runner import Event, iter_predict, predict
 from .task import Cancelled
+from .view import View
 
-__all__ = ["Cancelled", "Event", "iter_predict", "predict"]
+__all__ = ["Cancelled", "Event", "View", "iter_predict", "predict"]

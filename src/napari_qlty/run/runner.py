@@ -39,11 +39,12 @@ from ..models.batching import available_host_memory, window_cost
 from .regions import Regions, default_chunks, plan_region_size
 from .schedulers import execute
 from .task import POSTPROCESS, Job
+from .view import View
 
 
 @dataclass(frozen=True)
 class Event:
-    """What happened: ``kind`` is "start", "region", "skip" or "done"."""
+    """What happened: ``kind`` is "start", "region", "paused" (the view is done) or "done"."""
 
     kind: str
     windows_done: int
@@ -100,6 +101,8 @@ def iter_predict(
     region: Sequence[int] | None = None,
     cancelled: Callable[[], bool] | None = None,
     speed: Speed | None = None,
+    view: Callable[[], View | None] | None = None,
+    view_only: bool = False,
 ) -> Iterator[Event]:
     """Run ``model`` over every window of ``source`` into the zarr store ``output``.
 
@@ -119,7 +122,11 @@ def iter_predict(
     smaller regions stream results sooner). ``cancelled`` is polled between batches: when
     it returns True the run stops with :class:`Cancelled`, and rerunning resumes.
     ``speed`` runs the model in lower precision, channels-last or compiled (off by
-    default; a store records it, so a resume keeps it). Yields :class:`Event` objects.
+    default; a store records it, so a resume keeps it). ``view`` (a callable giving the
+    :class:`~napari_qlty.run.view.View` on screen, asked again after every region) runs
+    the regions it touches first, and with ``view_only`` stops there with a "paused"
+    event (a rerun finishes the rest); the result is the same in any order. Yields
+    :class:`Event` objects.
     """
     t0 = time.perf_counter()
     if not (probabilities or labels):
@@ -134,6 +141,8 @@ def iter_predict(
         raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if view is not None and (workers > 1 or scheduler is not None):
+        raise ValueError("a view orders the regions of one worker: use workers=1 and no scheduler with view")
     src = source if isinstance(source, Source) else open_source(source, axes=axes)
     if len(src.shape) != 2 + grid.ndim:
         raise ValueError(
@@ -208,13 +217,13 @@ def iter_predict(
     try:
         yield from _run(store, src, model if scheduler is not None else live_model, grid, weighting, output,
                         channels_out, batch_size, dev, postprocess, intensity, speed, workers, scheduler,
-                        cancelled, t0)
+                        cancelled, view, view_only, t0)
     finally:
         store.close()
 
 
 def _run(store, src, model, grid, weighting, output, channels_out, batch_size, dev, postprocess, intensity,
-         speed, workers, scheduler, cancelled, t0) -> Iterator[Event]:
+         speed, workers, scheduler, cancelled, view, view_only, t0) -> Iterator[Event]:
     region_size = tuple(store.layout["region"])
     regions = Regions(grid, region_size)
     tasks = [(n, *r) for n in range(src.shape[0]) for r in itertools.product(*(range(c) for c in regions.counts))]
@@ -234,7 +243,7 @@ def _run(store, src, model, grid, weighting, output, channels_out, batch_size, d
     deps = {t: {(t[0], *s) for s in regions.senders(t[1:])} - finished for t in todo}
     regions_done = len(finished)
     saturated = 0
-    for task, (_windows, clipped) in execute(job, todo, deps, workers, scheduler, cancelled):
+    for task, (_windows, clipped) in execute(job, todo, deps, workers, scheduler, cancelled, view, view_only):
         regions_done += 1
         done_windows += per_task[task]
         saturated += clipped
@@ -242,6 +251,11 @@ def _run(store, src, model, grid, weighting, output, channels_out, batch_size, d
         yield Event("region", done_windows, windows_total, regions_done, len(tasks),
                     time.perf_counter() - t0, region=task, start=start,
                     stop=tuple(min(b, s) for b, s in zip(stop, grid.shape)))
+    if regions_done < len(tasks):  # view_only: the view is done, the rest waits for a rerun
+        yield Event("paused", done_windows, windows_total, regions_done, len(tasks), time.perf_counter() - t0,
+                    message=f"the view is done; {len(tasks) - regions_done} of {len(tasks)} regions are left "
+                            "(run again to finish)")
+        return
     store.mark_complete()
     message = f"wrote {output}"
     if saturated:

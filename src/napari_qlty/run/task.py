@@ -21,7 +21,7 @@ from ..io.prediction import OutputStore
 from ..io.sources import Source
 from ..models import ModelSpec, load_model, run_with_oom_backoff
 from ..models.batching import give_back_memory
-from .handover import RegionSums, finish, release
+from .handover import RegionSums, finish, release, spill_key
 from .regions import Regions
 
 POSTPROCESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -73,7 +73,7 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
     Returns (windows run, values saturated to the store's dtype).
     """
     sums, windows = compute_region(job, task, read_input(job, task), cancelled)
-    return windows, finish_region(job, task, sums)
+    return windows, finish_region(job, task, hand_over(job, task, sums))
 
 
 def read_input(job: Job, task: tuple[int, ...]) -> torch.Tensor | None:
@@ -116,19 +116,33 @@ def compute_region(job: Job, task: tuple[int, ...], x: torch.Tensor | None,
     return sums, int(positions.size)
 
 
-def finish_region(job: Job, task: tuple[int, ...], sums: RegionSums) -> int:
-    """Hand region ``task``'s sums past its far faces to its receivers, add what its
-    senders handed to it, write its final values and mark it finished; returns the
-    values saturated to the store's dtype. Its receivers may finish once this returns."""
+def hand_over(job: Job, task: tuple[int, ...], sums: RegionSums, *, hold: bool = False) -> torch.Tensor | None:
+    """Write region ``task``'s sums past its far faces for its receivers (they may finish
+    once this returns); returns its own sums, or with ``hold`` writes them to the store
+    too (a region that cannot finish yet keeps nothing in memory) and returns None."""
+    store = OutputStore(job.store_path)
+    core = sums.hand_over(store.spills)
+    if not hold:
+        return core
+    store.spills.write(spill_key(task[0], task[1:], task[1:]), core)
+    return None
+
+
+def finish_region(job: Job, task: tuple[int, ...], core: torch.Tensor | None) -> int:
+    """Add what region ``task``'s senders handed to it to its own sums ``core`` (None: the
+    sums it held in the store), write its final values and mark it finished; returns
+    the values saturated to the store's dtype."""
     n, r = task[0], task[1:]
     regions = Regions(job.grid, job.region_size)
     store = OutputStore(job.store_path)
-    core = sums.hand_over(store.spills)
-    del sums
+    own = spill_key(n, r, r)
+    if core is None:
+        core = store.spills.read(own).to(torch.device(job.device))
     final = finish(regions, _weights(job), store.spills, n, r, core)
     saturated = store.write_region(n, regions.bounds(r)[0], final)
     store.mark_finished(task)
     release(regions, store.spills, n, r)
+    store.spills.delete(own)
     del core, final
     give_back_memory()
     return saturated
