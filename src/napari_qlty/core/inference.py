@@ -20,6 +20,7 @@ from .feed import feed_windows
 from .grid import Grid
 from .intensity import IDENTITY, Fitted, Normalisation
 from .speed import Speed, sped_up
+from .uncertainty import gives_probabilities, split, spread_of, with_moments
 from .tiles import as_tensor, check_volume, pad_far_end
 from .weights import Weighting, WindowWeights, window_weights
 
@@ -144,7 +145,8 @@ def infer(
     normalise: Normalisation | Fitted | str | None = None,
     fused: bool | None = None,
     speed: Speed | None = None,
-) -> torch.Tensor:
+    uncertainty: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Apply ``model`` to every window of ``x`` (N, C, *shape) and blend: (N, C_out, *shape).
 
     ``x`` may have any dtype (bool, integers, floats); windows are cast on the device to
@@ -158,7 +160,9 @@ def infer(
     accelerators, where every operator costs a kernel launch; see
     :func:`~napari_qlty.core.blend.fused_for`). ``speed`` runs the model in lower
     precision, channels-last or compiled (:class:`~napari_qlty.core.speed.Speed`; off by
-    default).
+    default). With ``uncertainty`` it returns ``(result, uncertainty)``, the second
+    (N, K, *shape) with the channels :func:`napari_qlty.core.uncertainty.kinds` names
+    (see :mod:`napari_qlty.core.uncertainty`).
     """
     x = as_tensor(x)
     check_volume(x, grid, "input")
@@ -168,6 +172,8 @@ def infer(
     intensity = fit_normalisation(normalise, x, model)
     model = for_inference(model, device)
     dtype = input_dtype(model)
+    spread = spread_of(model) if uncertainty else None
+    probabilities = gives_probabilities(model, postprocess)
     model = sped_up(model, speed or Speed(), device, grid.ndim)
     weights = window_weights(grid, weighting)
     if grid.needs_padding:
@@ -176,11 +182,16 @@ def infer(
     fused = fused_for(device) if fused is None else fused
     acc: Accumulator | None = None
     order = window_order(weights, n_images)
+    classes = None
     for idx, batch in feed_windows(x, grid, order, batch_size, device, fused=fused):
-        out = model(to_model(batch, device, dtype, intensity))
+        batch_in = to_model(batch, device, dtype, intensity)
+        out, members = spread(batch_in) if spread is not None else (model(batch_in), None)
         check_output(out, batch, grid)
         if postprocess is not None:
             out = postprocess(out)
+        classes = out.shape[1]
+        if uncertainty:
+            out = with_moments(out, members)
         if acc is None:
             check_patches(out, grid)
             acc = Accumulator(
@@ -189,4 +200,7 @@ def infer(
             )
         acc.add_batch(out, idx, fused=fused)
     assert acc is not None
-    return acc.result()
+    result = acc.result()
+    if not uncertainty:
+        return result
+    return split(result, classes, spread is not None, probabilities, dim=1)

@@ -54,15 +54,28 @@ class Ensemble(nn.Module):
         self.output = output
         self.probabilities = [False] * len(members) if probabilities is None else [bool(p) for p in probabilities]
 
+    @property
+    def outputs_probabilities(self) -> bool:
+        """Whether its outputs are class probabilities (for the entropy of a blend)."""
+        return self.output == "probabilities"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
+        return self.forward_with_spread(x, spread=False)[0]
+
+    def forward_with_spread(self, x: torch.Tensor, spread: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the output, the members' disagreement): the weighted variance of their
+        probabilities summed over classes, (B, 1, *window); None unless ``spread``."""
+        total = squares = None
         for member, w, is_prob in zip(self.members, self.weights, self.probabilities):
             y = member(x)
             p = y if is_prob else torch.softmax(y, dim=1)
             total = p * w if total is None else total.add_(p, alpha=w)
+            if spread:
+                squares = p * p * w if squares is None else squares.addcmul_(p, p, value=w)
+        disagreement = (squares - total * total).clamp_min(0).sum(1, keepdim=True) if spread else None
         if self.output == "log":
-            return torch.log(total.clamp_min(1e-12))
-        return total
+            return torch.log(total.clamp_min(1e-12)), disagreement
+        return total, disagreement
 
 
 def ensemble(members: Sequence[dict], weights: Sequence[float] | None = None,
