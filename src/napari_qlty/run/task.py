@@ -13,6 +13,7 @@ from ..core.blend import fused_for
 from ..core.grid import Grid
 from ..core.inference import check_output, input_dtype, to_model
 from ..core.intensity import IDENTITY, Fitted
+from ..core.processing import FittedProcessing
 from ..core.tiles import read_region
 from ..core.weights import Weighting, WindowWeights, window_weights
 from ..io.prediction import OutputStore
@@ -43,7 +44,9 @@ class Job:
     batch_size: int = 4
     device: str = "cpu"
     postprocess: str | None = None
-    intensity: Fitted = IDENTITY
+    intensity: Fitted | FittedProcessing = IDENTITY
+    #: a package's postprocessing, applied to the blended region before it is written
+    finishing: FittedProcessing | None = None
     token: str = field(default_factory=lambda: f"{time.time_ns()}")
 
 
@@ -104,6 +107,8 @@ def run_region(job: Job, task: tuple[int, ...], cancelled: Callable[[], bool] | 
         del x
     core = sums.hand_over(store.spills)
     final = finish(regions, weights, store.spills, n, r, core)
+    if job.finishing is not None:
+        final = job.finishing.apply(final.unsqueeze(0))[0]
     saturated = store.write_region(n, regions.bounds(r)[0], final)
     store.mark_finished(task)
     release(regions, store.spills, n, r)
