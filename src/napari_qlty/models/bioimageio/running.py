@@ -277,7 +277,8 @@ def package_grid(package: Package, shape: Sequence[int], *, window=None, step=No
     Along the axes the model tiles: the window is a size it takes (``min + k*step``), by
     default the largest up to the package's preferred window (else 64 in 3D, 256 in 2D)
     and the volume; the border is the declared halo (what the model's own tools crop), and
-    the step the window less both borders, so the windows' cores meet. An axis smaller than
+    the step the window less both borders, rounded down to the size step, so the windows'
+    cores meet and every window sits on the network's pooling grid. An axis smaller than
     the smallest window is padded (reflected) and cropped back. Along leading axes the
     model does not tile (a 2D model on a z stack), windows of a few slices without overlap.
     Given ``window``, ``step`` or ``border`` (one int, or one per axis) are used instead;
@@ -302,7 +303,9 @@ def package_grid(package: Package, shape: Sequence[int], *, window=None, step=No
         check_window(sizes, label[d - k:], window[d - k:])
     border = halo if border is None else per_axis(border, d, "border")
     if step is None:
-        step = tuple(max(1, w - 2 * b) for w, b in zip(window, border))
+        rule = [1] * (d - k) + [max(1, sizes[a][1]) for a in space]
+        step = tuple(w if i < d - k else max(r, (w - 2 * b) // r * r)
+                     for i, (w, b, r) in enumerate(zip(window, border, rule)))
     pad = "reflect" if any(w > s for w, s in zip(window, shape)) else None
     return Grid(shape, window, step, border, pad=pad, axes=names or label, pad_advice=pad_advice)
 
