@@ -321,7 +321,7 @@ class _Mapped:
 
     def __getitem__(self, key):
         block = _as_numpy(self.volume[key])  # (C, ...) : the image index is an int
-        t = torch.from_numpy(np.ascontiguousarray(block, dtype=self.dtype))
+        t = torch.from_numpy(np.array(block, dtype=self.dtype, copy=True))  # mapped in place: a copy
         return self.before.apply(t.unsqueeze(0))[0].numpy()
 
 

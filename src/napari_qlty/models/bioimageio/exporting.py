@@ -137,9 +137,9 @@ def export_package(
     trained = _per_axis(window, ndim) or _per_axis(about.window, ndim) or tuple(
         min(s, 64 if ndim == 3 else 256) for s in source.shape[2:])
     step = size_step(about.factory, about.factory_kwargs)
-    reach = _per_axis(halo, ndim) or measured_reach(net, channels, trained, step)
-    halo_ = tuple(min(r, max(0, (w - step) // 2)) for r, w in zip(reach, trained))
+    halo_ = _per_axis(halo, ndim) or measured_reach(net, channels, trained, step)
     minimum = tuple(step * math.ceil((2 * h + 1) / step) for h in halo_)
+    # the trained window, as a size the network takes, and large enough to keep a core
     preferred = tuple(max(m, w - (w - m) % step) for m, w in zip(minimum, trained))
 
     test_in = _test_input(source, preferred, halo_, minimum, step)
@@ -186,28 +186,50 @@ def _per_axis(value, ndim: int) -> tuple[int, ...] | None:
 
 def measured_reach(model, channels: int, window: Sequence[int], step: int = 1) -> tuple[int, ...]:
     """How far, per axis, an output voxel's value depends on the input: the support of the
-    gradient of a central block of outputs (one pooling cell: every phase), over two random
-    inputs. Bounded by the window it is measured in."""
+    gradient of a central block of outputs (one pooling cell: every phase).
+
+    Measured on a copy whose weights are all made positive, with positive random inputs,
+    so that no ReLU is off and every path the architecture has carries gradient (a thin
+    network with random weights has dead paths, and would seem to see less far than it
+    does). A reach that touches the window's faces is measured again in a window twice as
+    large, up to 512 voxels (2D) or 128 (3D).
+    """
+    import copy
+
     window = tuple(int(w) for w in window)
+    largest = 512 if len(window) < 3 else 128
+    try:
+        probe = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in probe.parameters():
+                p.abs_().add_(1e-3)
+    except Exception:  # noqa: BLE001 - a module that cannot be copied is probed as it is
+        probe = model
+    while True:
+        reach, touches = _support(probe, channels, window, step)
+        if not touches or max(window) >= largest:
+            return reach
+        window = tuple(min(largest, 2 * w) // step * step for w in window)
+
+
+def _support(probe, channels: int, window: tuple[int, ...], step: int) -> tuple[tuple[int, ...], bool]:
     lo = tuple(max(0, (w // 2) // step * step) for w in window)
     hi = tuple(min(w, a + step) for a, w in zip(lo, window))
     seen = torch.zeros(window, dtype=torch.bool)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        x = torch.randn((1, channels, *window), generator=generator).requires_grad_(True)
+    for _ in range(3):
+        x = (torch.rand((1, channels, *window), generator=generator) + 0.5).requires_grad_(True)
         with torch.enable_grad():
-            y = model(x)
+            y = probe(x)
             y[(slice(None), slice(None), *(slice(a, b) for a, b in zip(lo, hi)))].sum().backward()
         seen |= x.grad.abs().sum((0, 1)) > 0
-    reach = []
+    reach, touches = [], False
     for axis in range(len(window)):
         other = tuple(a for a in range(len(window)) if a != axis)
         used = np.nonzero(seen.any(dim=other).numpy() if other else seen.numpy())[0]
-        if used.size == 0:
-            reach.append(0)
-            continue
-        reach.append(int(max(lo[axis] - used.min(), used.max() - (hi[axis] - 1), 0)))
-    return tuple(reach)
+        reach.append(int(max(lo[axis] - used.min(), used.max() - (hi[axis] - 1), 0)) if used.size else 0)
+        touches |= bool(used.size) and (used.min() == 0 or used.max() == window[axis] - 1)
+    return tuple(reach), touches
 
 
 def _output_channels(net, channels: int, window) -> int:
@@ -407,8 +429,9 @@ def _yaml(rdf: dict) -> bytes:
 
 def _readme(title, description, about: Recipe, space, preferred, halo, minimum, step, classes, test_grid) -> str:
     norm = about.normalisation
-    how = {"none": "none (the stored values)", "percentile": f"percentiles {norm.low:g}-{norm.high:g} to 0-1",
-           "mean-std": "zero mean, unit standard deviation", "range": f"the values {norm.low:g}-{norm.high:g} to 0-1"}
+    how = {"none": "none (the stored values)", "mean-std": "zero mean, unit standard deviation",
+           "percentile": f"percentiles {norm.low:g}-{norm.high:g} to 0-1" if norm.mode == "percentile" else "",
+           "range": f"the values {norm.low:g}-{norm.high:g} to 0-1" if norm.mode == "range" else ""}
     axes = ", ".join(space)
     return "\n".join([
         f"# {title}", "",

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 from ...core.processing import Processing, Step
 from ..spec import ModelLoadError
-from .package import Package, TensorInfo, Tolerance, WeightsEntry, locate
+from .package import Package, PackageFiles, TensorInfo, Tolerance, WeightsEntry, locate
 
 INSTALL_HINT = 'bioimage.io packages need the extra: pip install "napari-qlty[bioimageio]"'
 SPACE_ORDER = "tzyx"
@@ -51,7 +51,18 @@ def read_package(path: str | os.PathLike) -> Package:
 @lru_cache(maxsize=16)
 def _read(path: str, root: str, name: str, described: str, _mtime: int, _size: int) -> Package:
     descr = validated(described)
-    return _package(descr, path, root, name)
+    return _package(descr, path, root, name, _written_version(root, name))
+
+
+def _written_version(root: str, name: str) -> str:
+    """The format version the description was written in (validation converts it to the newest)."""
+    import yaml
+
+    try:
+        content = yaml.safe_load(PackageFiles(root).read(name))
+    except (ModelLoadError, yaml.YAMLError):
+        return ""
+    return str(content.get("format_version", "")) if isinstance(content, dict) else ""
 
 
 def validated(source: str):
@@ -83,7 +94,7 @@ def problems(descr, limit: int = 4) -> str:
 
 
 # -- the description as plain data -------------------------------------------------------------
-def _package(descr, path: str, root: str, name: str) -> Package:
+def _package(descr, path: str, root: str, name: str, written: str) -> Package:
     inputs = [t for t in descr.inputs if not getattr(t, "optional", False)]
     if len(inputs) != 1 or len(descr.outputs) != 1:
         raise ModelLoadError(
@@ -103,7 +114,7 @@ def _package(descr, path: str, root: str, name: str) -> Package:
         preferred = tuple((str(k), int(v)) for k, v in window.items() if str(k) in info_in.space)
     return Package(
         location=path, root=root, description_file=name, name=str(descr.name),
-        format_version=str(getattr(descr, "format_version", "")), input=info_in, output=info_out,
+        format_version=written or str(getattr(descr, "format_version", "")), input=info_in, output=info_out,
         weights=weights, tolerance=_tolerance(descr, str(tensor_out.id)),
         description=str(getattr(descr, "description", "") or ""), preferred_window=preferred,
     )
