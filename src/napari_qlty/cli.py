@@ -116,9 +116,13 @@ def make_grid(args, src) -> Grid:
 def package_model(args, src):
     """A bioimage.io package given with --model: its spec, and the grid it takes (the
     window from its valid sizes, the border from its halo, unless given)."""
-    from .models.bioimageio import PackageSpec, package_grid, read_package
+    from .models.bioimageio import PackageSpec, code_to_accept, package_grid, read_package
 
     package = read_package(args.model)
+    needs = code_to_accept(package, args.weights)
+    if needs is not None and not args.accept_package_code:
+        raise ValueError(f"the package builds its network by running the Python file {needs[0]} it holds "
+                         f"({needs[1]}): read it, then pass --accept-package-code to run it")
     spec = PackageSpec(args.model, weights=args.weights, accept_code=args.accept_package_code)
     grid = package_grid(package, src.shape[2:], window=args.window, step=args.step, border=args.border,
                         axes=src.axes[2:])

@@ -55,6 +55,9 @@ class PackageChoice:
 
     def spec(self, path: str) -> PackageSpec:
         """The package to run, with the code accepted only as it was shown."""
+        if self.needs_code and not self.accept.value:
+            raise ValueError(f"this package builds its network with Python code it holds: read it, then tick "
+                             f"\u201c{self.accept.text}\u201d")
         accepted = self._sha if (self.accept.value and self._sha) else False
         return PackageSpec(path, accept_code=accepted)
 

@@ -152,7 +152,7 @@ def export_package(
     classes = about.classes if len(about.classes) == classes_out else tuple(f"class {k}" for k in range(classes_out))
 
     files: dict[str, bytes] = {}
-    files[TORCHSCRIPT] = _torchscript(net, test_in, pre)
+    files[TORCHSCRIPT] = _torchscript(net, test_in, pre, test_grid.window)
     arch = None
     if about.factory is not None:
         try:
@@ -188,11 +188,14 @@ def measured_reach(model, channels: int, window: Sequence[int], step: int = 1) -
     """How far, per axis, an output voxel's value depends on the input: the support of the
     gradient of a central block of outputs (one pooling cell: every phase).
 
-    Measured on a copy whose weights are all made positive, with positive random inputs,
-    so that no ReLU is off and every path the architecture has carries gradient (a thin
-    network with random weights has dead paths, and would seem to see less far than it
-    does). A reach that touches the window's faces is measured again in a window twice as
-    large, up to 512 voxels (2D) or 128 (3D).
+    Measured on a copy whose weights are positive averages (each filter sums to 1, biases
+    small and positive) with a positive random input, so that no ReLU is off and nothing
+    saturates: every path the architecture has carries gradient, and positive paths
+    cannot cancel (a thin network with random weights has dead paths, and would seem to
+    see less far than it does). The output channels are weighed by distinct numbers
+    (their plain sum can be constant: a softmax's). Along an axis where the reach touches
+    the window's faces it is measured again in a window twice as long, up to 512 voxels
+    (2D) or 128 (3D).
     """
     import copy
 
@@ -202,34 +205,39 @@ def measured_reach(model, channels: int, window: Sequence[int], step: int = 1) -
         probe = copy.deepcopy(model)
         with torch.no_grad():
             for p in probe.parameters():
-                p.abs_().add_(1e-3)
+                if p.ndim >= 2:
+                    p.copy_(p.abs() + 1e-3)
+                    p.div_(p.sum(dim=tuple(range(1, p.ndim)), keepdim=True))
+                else:
+                    p.fill_(1e-3)
     except Exception:  # noqa: BLE001 - a module that cannot be copied is probed as it is
         probe = model
     while True:
         reach, touches = _support(probe, channels, window, step)
-        if not touches or max(window) >= largest:
+        grown = tuple(min(largest, 2 * w) // step * step if t else w for w, t in zip(window, touches))
+        if grown == window:
             return reach
-        window = tuple(min(largest, 2 * w) // step * step for w in window)
+        window = grown
 
 
-def _support(probe, channels: int, window: tuple[int, ...], step: int) -> tuple[tuple[int, ...], bool]:
+def _support(probe, channels: int, window: tuple[int, ...], step: int):
+    """(reach per axis, whether it touches the window's faces per axis)."""
     lo = tuple(max(0, (w // 2) // step * step) for w in window)
     hi = tuple(min(w, a + step) for a, w in zip(lo, window))
-    seen = torch.zeros(window, dtype=torch.bool)
     generator = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        x = (torch.rand((1, channels, *window), generator=generator) + 0.5).requires_grad_(True)
-        with torch.enable_grad():
-            y = probe(x)
-            y[(slice(None), slice(None), *(slice(a, b) for a, b in zip(lo, hi)))].sum().backward()
-        seen |= x.grad.abs().sum((0, 1)) > 0
-    reach, touches = [], False
+    x = (torch.rand((1, channels, *window), generator=generator) + 0.5).requires_grad_(True)
+    with torch.enable_grad():
+        y = probe(x)[(slice(None), slice(None), *(slice(a, b) for a, b in zip(lo, hi)))]
+        weights = torch.arange(1, y.shape[1] + 1, dtype=y.dtype).view(1, -1, *([1] * (y.ndim - 2)))
+        (y * weights).sum().backward()
+    seen = x.grad.abs().sum((0, 1)) > 0
+    reach, touches = [], []
     for axis in range(len(window)):
         other = tuple(a for a in range(len(window)) if a != axis)
         used = np.nonzero(seen.any(dim=other).numpy() if other else seen.numpy())[0]
         reach.append(int(max(lo[axis] - used.min(), used.max() - (hi[axis] - 1), 0)) if used.size else 0)
-        touches |= bool(used.size) and (used.min() == 0 or used.max() == window[axis] - 1)
-    return tuple(reach), touches
+        touches.append(bool(used.size) and (used.min() == 0 or used.max() == window[axis] - 1))
+    return tuple(reach), tuple(touches)
 
 
 def _output_channels(net, channels: int, window) -> int:
@@ -248,19 +256,19 @@ def _postprocessing(net, about: Recipe, classes: int) -> Processing:
 
 def _test_input(source, preferred, halo, minimum, step) -> torch.Tensor:
     """A crop from the centre of the first image: a window and one core more along every axis
-    (origins on the pooling grid), as large as the image allows, in float32."""
+    (origins on the pooling grid), as large as the image allows, in float32. An image
+    smaller than the smallest window is reflected up to it, as napari-qlty pads it."""
     shape = source.shape[2:]
     sizes = []
     for w, h, m, s in zip(preferred, halo, minimum, shape):
-        core = max(step, (w - 2 * h) // step * step)
-        want = w + core
-        if s < m:
-            raise ValueError(f"the image is {s} voxels along an axis, smaller than the smallest window the "
-                             f"network takes ({m}); give a larger image")
-        sizes.append(want if want <= s else m + (s - m) // step * step)
+        want = w + max(step, (w - 2 * h) // step * step)
+        sizes.append(want if want <= s else m + (s - m) // step * step if s >= m else s)
     start = tuple((s - t) // 2 for s, t in zip(shape, sizes))
-    block = np.asarray(source[(0, slice(None), *(slice(a, a + t) for a, t in zip(start, sizes)))])
-    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).unsqueeze(0)
+    block = np.asarray(source[(0, slice(None), *(slice(a, a + t) for a, t in zip(start, sizes)))], dtype=np.float32)
+    short = [(0, 0)] + [(0, max(0, m - t)) for m, t in zip(minimum, sizes)]
+    if any(b for _, b in short):
+        block = np.pad(block, short, mode="reflect" if min(sizes) > 1 else "edge")
+    return torch.from_numpy(np.ascontiguousarray(block)).unsqueeze(0)
 
 
 def _tiled(net, test_in, preferred, halo, step, pre: Processing, post: Processing):
@@ -285,13 +293,19 @@ def _check_reach(net, test_in, test_out, pre, post, halo) -> None:
         )
 
 
-def _torchscript(net, test_in, pre: Processing) -> bytes:
-    example = pre.fit(test_in).apply(test_in.clone())
+def _torchscript(net, test_in, pre: Processing, window) -> bytes:
+    """The network traced on one window; checked on that window and on the whole test input
+    (another size), so a trace that froze a size is never exported."""
+    fitted = pre.fit(test_in)
+    whole = fitted.apply(test_in.clone())
+    example = whole[(slice(None), slice(None), *(slice(0, w) for w in window))].contiguous()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, example, check_trace=False)
-        if not torch.allclose(traced(example), net(example), rtol=1e-5, atol=1e-5):
-            raise ValueError("the traced TorchScript network does not reproduce the network; it cannot be exported")
+        for x in (example, whole):
+            if not torch.allclose(traced(x), net(x), rtol=1e-5, atol=1e-6):
+                raise ValueError("the network traced as TorchScript does not reproduce the network on windows of "
+                                 "another size; it cannot be exported")
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer)
     return buffer.getvalue()

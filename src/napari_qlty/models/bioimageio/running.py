@@ -93,8 +93,7 @@ def load_network(package: Package, device: torch.device, weights: str | None = N
                                  "accept it again after reading it")
         raise ModelLoadError(
             f"the package {package.name!r} builds its network by running the Python file {file} it holds "
-            f"({name}); napari-qlty runs it only if you accept the package: accept_code=True in Python, "
-            "--accept-package-code on the command line, or the tick box naming the file in the widget"
+            f"({name}); napari-qlty runs it only if you accept the package (accept_code=True)"
         )
     build = architecture(files.read(file), file, name, package.location)
     kwargs = dict(entry.kwargs)
