@@ -77,6 +77,8 @@ def apply_processing(x: np.ndarray, steps: list[dict], channel_axis: int | None,
             x = (x - lo) / (hi - lo + s.get("eps", 1e-6))
         elif op == "zero_mean_unit_variance":
             x = (x - seen.mean(axis=red, keepdims=True)) / (seen.std(axis=red, keepdims=True) + s.get("eps", 1e-6))
+        elif op == "fixed_zero_mean_unit_variance":
+            x = (x - s["mean"]) / (s["std"] + 1e-6)
         elif op == "scale_linear":
             x = x * s["gain"] + s["offset"]
         elif op == "clip":

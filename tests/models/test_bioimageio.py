@@ -98,12 +98,14 @@ OPS = st.sampled_from([
     [{"op": "scale_linear", "gain": 0.5, "offset": -3.0}, {"op": "zero_mean_unit_variance"}],
     [{"op": "scale_range", "low": 1.0, "high": 99.0}, {"op": "binarize", "threshold": 0.5}],
     [{"op": "scale_linear", "gain": 0.01, "offset": -1.0}, {"op": "sigmoid"}],
+    [{"op": "fixed_zero_mean_unit_variance", "mean": 10.0, "std": 3.0}, {"op": "clip", "min": -2.0}],
 ])
 
 
 def _steps(ops):
     known = {"scale_range": ("low", "high", "eps"), "zero_mean_unit_variance": ("eps",), "clip": ("min", "max"),
-             "scale_linear": ("gain", "offset"), "binarize": ("threshold",), "sigmoid": ()}
+             "scale_linear": ("gain", "offset"), "binarize": ("threshold",), "sigmoid": (),
+             "fixed_zero_mean_unit_variance": ("mean", "std")}
     return tuple(Step(o["op"], {k: o[k] for k in known[o["op"]] if k in o}, o.get("per_channel", False))
                  for o in ops)
 
@@ -178,6 +180,35 @@ def test_postprocessing_runs_on_the_blended_output_in_and_out_of_core(tmp_path):
     store = zarr.open_group(str(tmp_path / "out.zarr"))
     np.testing.assert_array_equal(store["probabilities"][...], got.numpy())
     np.testing.assert_array_equal(store["labels"][...], got.numpy()[:, 0].astype(np.uint8))  # probabilities already
+
+
+def test_a_package_run_resumes_with_its_statistics(tmp_path):
+    import napari_qlty.core.processing as processing
+    from napari_qlty import iter_predict
+
+    path = build_package(tmp_path / "p", weights=("torchscript",))
+    package = read_package(path)
+    x = (np.random.default_rng(4).random((1, 1, 64, 48)) * 4000).astype(np.uint16)
+    grid = package_grid(package, x.shape[2:], window=24)
+    kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", region=(32, 32), chunks=(16, 16), axes="ncyx")
+    events = iter_predict(PackageSpec(str(path)), x, grid, tmp_path / "out.zarr", **kwargs)
+    for event in events:
+        if event.kind == "region":
+            break
+    events.close()  # stopped after one region
+    calls = []
+    original = processing.statistics
+    processing.statistics = lambda *a, **k: calls.append(1) or original(*a, **k)
+    try:
+        done = list(iter_predict(PackageSpec(str(path)), x, grid, tmp_path / "out.zarr", **kwargs))
+    finally:
+        processing.statistics = original
+    assert done[0].regions_done == 1 and done[-1].kind == "done"
+    assert not calls  # the resume took the store's statistics of the whole volume
+    import zarr
+
+    expected = infer(load_package(path), x, grid, Weighting("border", 0.0)).numpy()
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...], expected)
 
 
 # -- the window and the border ---------------------------------------------------------------------
