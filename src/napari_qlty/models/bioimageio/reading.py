@@ -202,7 +202,8 @@ def _check_output_size(axis, aid: str, input_id: str, info_in: TensorInfo, where
 def _channel_values(kwargs, where: str, op: str):
     axis = getattr(kwargs, "axis", None)
     if axis is not None and str(axis) != "channel":
-        raise ModelLoadError(f"the {where}'s {op} takes values along the axis {axis!r}; napari-qlty takes them per channel only")
+        raise ModelLoadError(f"the {where}'s {op} takes values along the axis {axis!r}; napari-qlty takes "
+                             "them per channel only")
 
 
 def _per_channel(kwargs, descr, where: str, op: str) -> bool:
@@ -231,7 +232,8 @@ def _step(p, descr, stage: str, input_id: str) -> Step:
         ref = getattr(kw, "reference_tensor", None)
         of_input = ref is not None and str(ref) == input_id  # the unprocessed input
         if ref is not None and str(ref) not in (input_id, str(descr.id)):
-            raise ModelLoadError(f"the {where}'s scale_range refers to the tensor {ref!r}, which napari-qlty does not have")
+            raise ModelLoadError(f"the {where}'s scale_range refers to the tensor {ref!r}, which napari-qlty "
+                                 "does not have")
         return Step(op, {"low": kw.min_percentile, "high": kw.max_percentile, "eps": kw.eps,
                          "of_input": True if of_input else None}, _per_channel(kw, descr, where, op))
     if op == "zero_mean_unit_variance":
@@ -250,7 +252,8 @@ def _step(p, descr, stage: str, input_id: str) -> Step:
         return Step(op)
     if op == "softmax":
         if str(kw.axis) != "channel":
-            raise ModelLoadError(f"the {where}'s softmax runs along {kw.axis!r}; napari-qlty takes it along channels only")
+            raise ModelLoadError(f"the {where}'s softmax runs along {kw.axis!r}; napari-qlty takes it along "
+                                 "channels only")
         return Step(op)
     raise ModelLoadError(
         f"the {where} declares the {op} {'pre' if stage == 'input' else 'post'}processing, which napari-qlty "
