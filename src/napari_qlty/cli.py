@@ -1,4 +1,4 @@
-"""The command line: ``napari-qlty plan | export | predict`` for the jobs without a screen.
+"""The command line: ``napari-qlty plan | export | predict | export-model`` for the jobs without a screen.
 
 Every error is one line naming the flag and its valid range, and the exit status is 2;
 nothing the run did not create is ever replaced.
@@ -45,11 +45,14 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
                    help="run every time point on its own (t becomes the image axis: a 3D model on a time-lapse)")
 
 
-def add_grid_options(p: argparse.ArgumentParser) -> None:
+def add_grid_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("grid (one value for all axes, or one per axis: 64,128,128)")
-    g.add_argument("--window", type=int_or_tuple, required=True)
-    g.add_argument("--step", type=int_or_tuple, required=True)
-    g.add_argument("--border", type=int_or_tuple, default=0)
+    g.add_argument("--window", type=int_or_tuple, required=required,
+                   help=None if required else "required, except for a bioimage.io package (a size it takes)")
+    g.add_argument("--step", type=int_or_tuple, required=required,
+                   help=None if required else "required, except for a bioimage.io package (window less 2 halos)")
+    g.add_argument("--border", type=int_or_tuple, default=None,
+                   help="default 0; a bioimage.io package's halo")
     g.add_argument("--pad", choices=["reflect", "constant"], default=None,
                    help="pad axes smaller than the window (default: error)")
     add_input_options(p)
@@ -105,8 +108,26 @@ def open_labels(path: str, args, grid: Grid) -> LabelView:
 
 
 def make_grid(args, src) -> Grid:
-    return Grid(src.shape[2:], args.window, args.step, args.border, pad=args.pad, axes=src.axes[2:],
-                pad_advice="pass --pad reflect or --pad constant")
+    if args.window is None or args.step is None:
+        raise ValueError("--window and --step are required (a bioimage.io package given with --model gives them)")
+    return Grid(src.shape[2:], args.window, args.step, 0 if args.border is None else args.border, pad=args.pad,
+                axes=src.axes[2:], pad_advice="pass --pad reflect or --pad constant")
+
+
+def package_model(args, src):
+    """A bioimage.io package given with --model: its spec, and the grid it takes (the
+    window from its valid sizes, the border from its halo, unless given)."""
+    from .models.bioimageio import PackageSpec, code_to_accept, package_grid, read_package
+
+    package = read_package(args.model)
+    needs = code_to_accept(package, args.weights)
+    if needs is not None and not args.accept_package_code:
+        raise ValueError(f"the package builds its network by running the Python file {needs[0]} it holds "
+                         f"({needs[1]}): read it, then pass --accept-package-code to run it")
+    spec = PackageSpec(args.model, weights=args.weights, accept_code=args.accept_package_code)
+    grid = package_grid(package, src.shape[2:], window=args.window, step=args.step, border=args.border,
+                        axes=src.axes[2:])
+    return spec, grid
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,10 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="image")
     p.add_argument("output", help="output .zarr (probabilities and/or labels)")
     p.add_argument("--model", required=True,
-                   help="a napari-qlty checkpoint, a TorchScript file, a torch.export .pt2, or "
-                        "state_dict.pt::package.module:factory (the factory is code you choose to run)")
-    add_grid_options(p)
-    p.add_argument("--border-weight", type=float, default=1.0)
+                   help="a napari-qlty checkpoint, a TorchScript file, a torch.export .pt2, "
+                        "state_dict.pt::package.module:factory (the factory is code you choose to run), or a "
+                        "bioimage.io package (rdf.yaml, its folder or its .zip)")
+    p.add_argument("--accept-package-code", action="store_true",
+                   help="a bioimage.io package with state-dict weights: run the Python file it holds to build "
+                        "the network (read it first: it is code)")
+    p.add_argument("--weights", choices=["torchscript", "pytorch_state_dict"], default=None,
+                   help="which weights of a bioimage.io package (default: TorchScript when it has them)")
+    add_grid_options(p, required=False)
+    p.add_argument("--border-weight", type=float, default=None,
+                   help="weight of each window's border band (default 1; 0 for a bioimage.io package: its "
+                        "halo is cropped)")
     p.add_argument("--weighting", choices=[m for m in MODES if m != "map"], default="border")
     p.add_argument("--batch-size", default="4", help="windows per batch, or auto (within --memory-budget)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -156,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the model under autocast to bfloat16 or float16")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory for 2D/3D windows")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (a one-off compile first)")
+
+    p = sub.add_parser("export-model", help="write a napari-qlty model as a bioimage.io package (.zip or folder)")
+    p.add_argument("model", help="a napari-qlty checkpoint (Save model in the Train widget, or an ensemble)")
+    p.add_argument("output", help="the package: a .zip, or a folder")
+    p.add_argument("--image", required=True, help="an image the model was made for: the test input is cut from it")
+    p.add_argument("--axes", default=None, help="the image's axes, e.g. zyx (default: from metadata)")
+    p.add_argument("--name", default=None, help="the model's name (default: the checkpoint's)")
+    p.add_argument("--description", default=None)
+    p.add_argument("--author", action="append", default=[], help="an author's name (repeat for several)")
+    p.add_argument("--license", default="CC-BY-4.0", help="an SPDX licence id (default CC-BY-4.0)")
+    p.add_argument("--window", type=int_or_tuple, default=None, help="default: the window it was trained on")
+    p.add_argument("--halo", type=int_or_tuple, default=None, help="default: the network's reach, measured")
+    p.add_argument("--overwrite", action="store_true", help="replace a package napari-qlty exported at OUTPUT")
     return parser
 
 
@@ -202,9 +244,18 @@ def cmd_predict(args) -> int:
     from .models import ModelSpec
     from .run.runner import iter_predict
 
+    from .models.bioimageio import is_package
+
     src = open_input(args.input, args)
-    grid = make_grid(args, src)
-    weighting = Weighting(args.weighting, border_weight=args.border_weight)
+    if is_package(args.model):
+        model, grid = package_model(args, src)
+    elif args.accept_package_code or args.weights:
+        raise ValueError("--accept-package-code and --weights are for a bioimage.io package given with --model")
+    else:
+        model, grid = ModelSpec.parse(args.model), make_grid(args, src)
+    border_weight = args.border_weight if args.border_weight is not None else (
+        0.0 if is_package(args.model) else 1.0)
+    weighting = Weighting(args.weighting, border_weight=border_weight)
     batch_size = args.batch_size
     if batch_size != "auto":
         try:
@@ -213,7 +264,7 @@ def cmd_predict(args) -> int:
             raise ValueError(f"--batch-size must be an int >= 1 or auto, got {batch_size!r}") from None
     bar = None
     for event in iter_predict(
-        ModelSpec.parse(args.model), src, grid, args.output,
+        model, src, grid, args.output,
         weighting=weighting, batch_size=batch_size, device=args.device,
         memory_budget=args.memory_budget, probabilities=args.outputs in ("both", "probabilities"),
         labels=args.outputs in ("both", "labels"), dtype=args.dtype, postprocess=args.postprocess,
@@ -235,6 +286,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export_model(args) -> int:
+    from .models.bioimageio import export_package
+
+    path = export_package(args.model, args.output, args.image, name=args.name, description=args.description,
+                          authors=args.author, license=args.license, window=args.window, halo=args.halo,
+                          axes=args.axes, overwrite=args.overwrite)
+    print(f"wrote {path} (bioimage.io model package, validated with bioimageio.spec)")
+    return 0
+
+
 def in_flags(message: str) -> str:
     """An engine message in this interface's words: parameters as flags."""
     for name, flag in sorted(FLAGS.items(), key=lambda kv: -len(kv[0])):
@@ -247,7 +308,8 @@ def in_flags(message: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = {"plan": cmd_plan, "export": cmd_export, "predict": cmd_predict}[args.command]
+    command = {"plan": cmd_plan, "export": cmd_export, "predict": cmd_predict,
+               "export-model": cmd_export_model}[args.command]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DenseLabelsWarning)

@@ -19,15 +19,19 @@ from .blend import Accumulator, accumulation_dtype, check_patches, fused_for
 from .feed import feed_windows
 from .grid import Grid
 from .intensity import IDENTITY, Fitted, Normalisation
+from .processing import FittedProcessing, Processing
 from .speed import Speed, sped_up
-from .uncertainty import gives_probabilities, split, spread_of, with_moments
 from .tiles import as_tensor, check_volume, pad_far_end
+from .uncertainty import gives_probabilities, split, spread_of, with_moments
 from .weights import Weighting, WindowWeights, window_weights
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 #: the attribute under which a model carries the normalisation it was trained with
 NORMALISATION_ATTRIBUTE = "napari_qlty_normalisation"
+#: the attribute under which a model carries what is done to its blended output (a
+#: bioimage.io package's postprocessing): applied once the windows are blended
+POSTPROCESSING_ATTRIBUTE = "napari_qlty_postprocessing"
 
 
 def input_dtype(model) -> torch.dtype | None:
@@ -77,27 +81,36 @@ def feed_dtype(model, stored) -> torch.dtype:
     return stored if stored.is_floating_point else torch.float32
 
 
-def model_normalisation(model) -> Normalisation | Fitted | None:
-    """The normalisation ``model`` was trained with, if it carries one."""
+def model_normalisation(model) -> Normalisation | Fitted | Processing | FittedProcessing | None:
+    """The normalisation ``model`` was trained with (or its package declares), if any."""
     found = getattr(model, NORMALISATION_ATTRIBUTE, None)
-    return found if isinstance(found, (Normalisation, Fitted)) else None
+    return found if isinstance(found, (Normalisation, Fitted, Processing, FittedProcessing)) else None
 
 
-def fit_normalisation(normalise, volume, model) -> Fitted:
+def fit_postprocessing(model, volume) -> FittedProcessing | None:
+    """What ``model`` says to do to its blended output, with any statistics it takes from the
+    input measured over the whole ``volume``; None when it says nothing."""
+    found = getattr(model, POSTPROCESSING_ATTRIBUTE, None)
+    if isinstance(found, Processing):
+        found = found.fit(volume)
+    return None if not isinstance(found, FittedProcessing) or found.identity else found
+
+
+def fit_normalisation(normalise, volume, model) -> Fitted | FittedProcessing:
     """``normalise`` (None: the model's own, else none) with its statistics over ``volume``."""
     if normalise is None:
         normalise = model_normalisation(model) or Normalisation()
     if isinstance(normalise, str):
         normalise = Normalisation(normalise)
-    if isinstance(normalise, Fitted):
+    if isinstance(normalise, (Fitted, FittedProcessing)):
         return normalise
-    if not isinstance(normalise, Normalisation):
+    if not isinstance(normalise, (Normalisation, Processing)):
         raise TypeError(f"normalise must be a Normalisation or a mode name, got {type(normalise).__name__}")
     return normalise.fit(volume)
 
 
 def to_model(batch: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
-             intensity: Fitted = IDENTITY) -> torch.Tensor:
+             intensity: Fitted | FittedProcessing = IDENTITY) -> torch.Tensor:
     """A batch of windows in its stored dtype, as the model takes it: moved to ``device``
     first (the stored bytes travel), then cast to ``dtype`` (see :func:`input_dtype`) and
     normalised there.
@@ -142,7 +155,7 @@ def infer(
     batch_size: int = 4,
     device: torch.device | str | None = None,
     postprocess: Model | None = None,
-    normalise: Normalisation | Fitted | str | None = None,
+    normalise: Normalisation | Fitted | Processing | FittedProcessing | str | None = None,
     fused: bool | None = None,
     speed: Speed | None = None,
     uncertainty: bool = False,
@@ -155,7 +168,9 @@ def infer(
     the normalisation the model was trained with, if it carries one, else the stored
     values. Windows run on ``device`` (default: the input's); the weighted sum lives
     there too. ``postprocess`` (e.g. ``lambda y: y.softmax(1)``) is applied to each
-    batch of outputs before blending. Each window goes through the model exactly once.
+    batch of outputs before blending; a model that carries postprocessing (a bioimage.io
+    package's) has it applied to the blended result, as to the output of one whole-volume
+    run. Each window goes through the model exactly once.
     ``fused`` cuts and adds each batch in a fixed number of operators (default: on
     accelerators, where every operator costs a kernel launch; see
     :func:`~napari_qlty.core.blend.fused_for`). ``speed`` runs the model in lower
@@ -170,6 +185,7 @@ def infer(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else x.device
     intensity = fit_normalisation(normalise, x, model)
+    finishing = fit_postprocessing(model, x)
     model = for_inference(model, device)
     dtype = input_dtype(model)
     spread = spread_of(model) if uncertainty else None
@@ -202,5 +218,8 @@ def infer(
     assert acc is not None
     result = acc.result()
     if not uncertainty:
-        return result
-    return split(result, classes, spread is not None, probabilities, dim=1)
+        return result if finishing is None else finishing.apply(result)
+    if finishing is not None:
+        probabilities = finishing.gives_probabilities
+    return split(result, classes, spread is not None, probabilities, dim=1,
+                 finish=None if finishing is None else finishing.apply)

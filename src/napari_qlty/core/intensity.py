@@ -140,6 +140,13 @@ def histogrammed(dtype) -> bool:
 
 def measure(volume, normalisation: Normalisation, *, sample_voxels: int = SAMPLE_VOXELS) -> dict:
     """The statistics ``normalisation`` needs, over the whole (N, C, *spatial) ``volume``."""
+    percentiles = (normalisation.low, normalisation.high) if normalisation.mode == "percentile" else ()
+    return statistics(volume, percentiles, sample_voxels=sample_voxels)
+
+
+def statistics(volume, percentiles=(), *, sample_voxels: int = SAMPLE_VOXELS) -> dict:
+    """Minimum, maximum, mean, standard deviation and the ``percentiles`` (as ``"p<q>"``)
+    of the whole (N, C, *spatial) ``volume``, with how they were measured."""
     dtype = _numpy_dtype(volume)
     total = int(np.prod(volume.shape, dtype=np.int64))
     if total == 0:
@@ -158,9 +165,8 @@ def measure(volume, normalisation: Normalisation, *, sample_voxels: int = SAMPLE
         raise ValueError("the volume holds no finite value to normalise with")
     stats = {"method": method, "voxels_read": int(read), "voxels": total,
              "min": float(values[0]), "max": float(values[-1])}
-    if normalisation.mode == "percentile":
-        for q in (normalisation.low, normalisation.high):
-            stats[f"p{q:g}"] = percentile_from_counts(values, counts, q)
+    for q in percentiles:
+        stats[f"p{q:g}"] = percentile_from_counts(values, counts, q)
     n = counts.sum()
     mean = float((values * counts).sum() / n)
     stats["mean"] = mean

@@ -46,19 +46,22 @@ def blended_channels(classes: int, members: bool) -> int:
     return 2 * classes + (1 if members else 0)
 
 
-def split(blended: torch.Tensor, classes: int, members: bool, probabilities: bool, dim: int = 0
-          ) -> tuple[torch.Tensor, torch.Tensor]:
+def split(blended: torch.Tensor, classes: int, members: bool, probabilities: bool, dim: int = 0,
+          finish: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(values (C, *box), uncertainty (len(kinds), *box)) of blended (2C [+1], *box)
     channels (channels along ``dim``); the kinds are :func:`kinds`.
 
-    ``probabilities`` says the values are class probabilities already; otherwise the
-    entropy is that of their softmax (one channel: their sigmoid).
+    ``finish`` (a package's postprocessing) is applied to the blended values before their
+    entropy is taken; ``probabilities`` says the values are then class probabilities,
+    otherwise the entropy is that of their softmax (one channel: their sigmoid).
     """
     values = blended.narrow(dim, 0, classes)
     squares = blended.narrow(dim, classes, classes)
     parts = [(squares - values * values).clamp_min(0).sum(dim, keepdim=True)]
     if members:
         parts.append(blended.narrow(dim, 2 * classes, 1))
+    if finish is not None:
+        values = finish(values)
     parts.append(entropy(values, probabilities, dim))
     return values, torch.cat(parts, dim=dim)
 

@@ -22,12 +22,14 @@ PREDICTION = "napari-qlty/prediction/1"
 PAIRS = "napari-qlty/training-pairs/1"
 LABELS = "napari-qlty/labels/1"
 CHECKPOINT = "napari-qlty/checkpoint/1"
+PACKAGE = "napari-qlty/bioimageio-package/1"
 
 DESCRIPTIONS = {
     PREDICTION: "a napari-qlty prediction",
     PAIRS: "a napari-qlty training-pairs export",
     LABELS: "a napari-qlty sparse-labels store",
     CHECKPOINT: "a napari-qlty model checkpoint",
+    PACKAGE: "a bioimage.io package exported by napari-qlty",
 }
 
 #: cheap lossless compression for everything we write (encodes at about 3 GB/s)
@@ -89,9 +91,32 @@ def read_attrs(path: str | os.PathLike) -> dict | None:
 
 def identify(path: str | os.PathLike) -> str | None:
     """The format id of what we wrote at ``path``, or None if it is not ours."""
-    meta = read_attrs(path)
+    meta = read_attrs(path) or package_marker(path)
     fmt = meta.get("format") if meta else None
     return fmt if fmt in DESCRIPTIONS else None
+
+
+def package_marker(path: str | os.PathLike) -> dict | None:
+    """Our metadata in a bioimage.io package (its description's ``config.napari_qlty``: a
+    folder or a zip holding ``rdf.yaml``), or None."""
+    import zipfile
+
+    import yaml
+
+    p = Path(path)
+    try:
+        if p.is_dir():
+            text = (p / "rdf.yaml").read_bytes() if (p / "rdf.yaml").is_file() else None
+        elif p.is_file() and zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as zf:
+                text = zf.read("rdf.yaml") if "rdf.yaml" in zf.namelist() else None
+        else:
+            text = None
+        content = yaml.safe_load(text) if text else None
+    except (OSError, zipfile.BadZipFile, yaml.YAMLError):
+        return None
+    meta = ((content or {}).get("config") or {}).get(ATTRS_KEY) if isinstance(content, dict) else None
+    return dict(meta) if isinstance(meta, dict) else None
 
 
 def read_meta(path: str | os.PathLike, fmt: str) -> dict | None:
@@ -160,4 +185,7 @@ def remove_ours(path: str | os.PathLike, fmt: str) -> None:
         return
     if identify(p) != fmt:
         raise StoreError(f"{p} holds {describe(p)}; napari-qlty deletes only what it wrote there")
-    shutil.rmtree(p)
+    if p.is_file():
+        p.unlink()
+    else:
+        shutil.rmtree(p)

@@ -96,6 +96,10 @@ def _load_uncached(spec: ModelSpec, device: torch.device):
         return model.eval()
     if kind == "export":
         return _load_exported(spec.path, device)
+    if kind == "bioimageio":
+        from .bioimageio.running import load_package_model
+
+        return load_package_model(spec, device)
     return _load_state_dict(spec, device)
 
 

@@ -22,6 +22,7 @@ KIND_LABELS = {
     "torchscript": "TorchScript",
     "export": "torch.export program",
     "state_dict": "state dict",
+    "bioimageio": "bioimage.io package",
 }
 
 
@@ -135,8 +136,13 @@ class ModelSpec:
         """sha256 of the file's bytes, plus the factory and its kwargs when there is one.
 
         Identical files give identical fingerprints wherever they live; one changed byte,
-        another factory or other kwargs give another.
+        another factory or other kwargs give another. A bioimage.io package is known by its
+        description and the files it names.
         """
+        if self.factory is None and self.kind() == "bioimageio":
+            from .bioimageio.package import package_fingerprint
+
+            return package_fingerprint(self.path, getattr(self, "weights", None))
         h = hashlib.sha256(b"napari-qlty model v1\0")
         try:
             with open(self.path, "rb") as f:
@@ -161,18 +167,28 @@ def archive_entries(zf: zipfile.ZipFile) -> dict[str, str]:
 
 
 def model_kind(path: str | os.PathLike) -> str:
-    """What a model file holds: ``"torchscript"``, ``"export"`` or ``"state_dict"``.
+    """What a model file holds: ``"torchscript"``, ``"export"``, ``"state_dict"`` or
+    ``"bioimageio"`` (a bioimage.io package: a folder or zip with ``rdf.yaml``, or the
+    ``rdf.yaml`` itself).
 
     Decided from the zip directory (never by unpickling). A file that is not a zip is
     taken for a legacy ``torch.save`` file, which ``torch.load(weights_only=True)`` judges.
     """
+    from .bioimageio.package import is_package
+
     path = os.fspath(path)
+    if os.path.isdir(path) and is_package(path):
+        return "bioimageio"
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
+    if path.endswith((".yaml", ".yml")):
+        return "bioimageio"
     if not zipfile.is_zipfile(path):
         return "state_dict"
     with zipfile.ZipFile(path) as zf:
         entries = archive_entries(zf)
+        if any(name.endswith((".yaml", ".yml")) for name in zf.namelist()) and is_package(path):
+            return "bioimageio"
         if "archive_format" in entries:
             fmt = zf.read(entries["archive_format"]).decode("utf-8", "replace").strip()
             if fmt != "pt2":

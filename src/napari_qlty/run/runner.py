@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 from ..core.grid import Grid
-from ..core.inference import feed_dtype, for_inference, model_normalisation
+from ..core.inference import feed_dtype, fit_postprocessing, for_inference, model_normalisation
 from ..core.intensity import Fitted, Normalisation
 from ..core.speed import Speed
+from ..core.processing import FittedProcessing, Processing, unfitted_from_json
+from ..core.processing import fitted_from_json as fitted_intensity
 from ..core.weights import Weighting, WindowWeights
 from ..io.formats import canonical
 from ..io.prediction import OutputStore, read_meta
@@ -92,7 +94,7 @@ def iter_predict(
     dtype: str = "float32",
     postprocess: str | None = None,
     threshold: float = 0.5,
-    normalise: Normalisation | Fitted | str | None = None,
+    normalise: Normalisation | Fitted | Processing | FittedProcessing | str | None = None,
     chunks: Sequence[int] | None = None,
     workers: int = 1,
     scheduler: str | object | None = None,
@@ -186,9 +188,13 @@ def iter_predict(
     speed = speed or Speed()
     if not speed.default:  # results differ a little: a resume must run the same way
         params["speed"] = speed.to_json()
+    finishing = fit_postprocessing(live_model, src)  # a package's, on the blended output
+    if finishing is not None:
+        params["postprocessing"] = canonical(finishing.to_json())
     rule = {"kind": "argmax"}
     if channels_out == 1:
-        rule = {"kind": "threshold", "threshold": float(threshold), "probabilities": postprocess == "sigmoid"}
+        given = postprocess == "sigmoid" or (finishing is not None and finishing.gives_probabilities)
+        rule = {"kind": "threshold", "threshold": float(threshold), "probabilities": given}
         params["labels_rule"] = rule
     intensity = _intensity(normalise, live_model, src, output, params)
     params["normalisation"] = canonical(intensity.to_json())
@@ -217,13 +223,13 @@ def iter_predict(
     try:
         yield from _run(store, src, model if scheduler is not None else live_model, grid, weighting, output,
                         channels_out, batch_size, dev, postprocess, intensity, speed, workers, scheduler,
-                        cancelled, view, view_only, t0)
+                        cancelled, view, view_only, t0, finishing)
     finally:
         store.close()
 
 
 def _run(store, src, model, grid, weighting, output, channels_out, batch_size, dev, postprocess, intensity,
-         speed, workers, scheduler, cancelled, view, view_only, t0) -> Iterator[Event]:
+         speed, workers, scheduler, cancelled, view, view_only, t0, finishing=None) -> Iterator[Event]:
     region_size = tuple(store.layout["region"])
     regions = Regions(grid, region_size)
     tasks = [(n, *r) for n in range(src.shape[0]) for r in itertools.product(*(range(c) for c in regions.counts))]
@@ -237,7 +243,7 @@ def _run(store, src, model, grid, weighting, output, channels_out, batch_size, d
     done_windows = sum(per_task[t] for t in finished)
     todo = [t for t in tasks if t not in finished]
     job = Job(src, model, grid, weighting, str(output), region_size, channels_out, batch_size, str(dev),
-              postprocess, intensity, speed)
+              postprocess, intensity, speed, finishing)
     yield Event("start", done_windows, windows_total, len(finished), len(tasks), time.perf_counter() - t0,
                 message=f"{len(todo)} of {len(tasks)} regions to run ({len(finished)} finished before)")
     deps = {t: {(t[0], *s) for s in regions.senders(t[1:])} - finished for t in todo}
@@ -274,21 +280,21 @@ def auto_batch(per_window: int, fixed: int, budget: int, largest: int = 64) -> i
     return n
 
 
-def _intensity(normalise, model, src, output, params) -> Fitted:
+def _intensity(normalise, model, src, output, params) -> Fitted | FittedProcessing:
     """The normalisation with its statistics: those of the store being resumed, if it was
     made with the same recipe and everything else equal, else measured now."""
     if normalise is None:
         normalise = model_normalisation(model) or Normalisation()
     if isinstance(normalise, str):
         normalise = Normalisation(normalise)
-    if isinstance(normalise, Fitted):
+    if isinstance(normalise, (Fitted, FittedProcessing)):
         return normalise
     stored = read_meta(output)
     if stored is not None:
         old = dict(stored.get("params") or {})
         fitted = old.pop("normalisation", None)
-        if fitted and Normalisation.from_json(fitted) == normalise and old == canonical(params):
-            return Fitted.from_json(fitted)
+        if fitted and unfitted_from_json(fitted) == normalise and old == canonical(params):
+            return fitted_intensity(fitted)
     return normalise.fit(src)
 
 

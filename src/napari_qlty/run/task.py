@@ -14,6 +14,7 @@ from ..core.feed import feed_windows
 from ..core.grid import Grid
 from ..core.inference import check_output, input_dtype, to_model
 from ..core.intensity import IDENTITY, Fitted
+from ..core.processing import FittedProcessing
 from ..core.speed import Speed, sped_up
 from ..core.tiles import read_region
 from ..core.weights import Weighting, WindowWeights, window_weights
@@ -45,8 +46,10 @@ class Job:
     batch_size: int = 4
     device: str = "cpu"
     postprocess: str | None = None
-    intensity: Fitted = IDENTITY
+    intensity: Fitted | FittedProcessing = IDENTITY
     speed: Speed = Speed()
+    #: a package's postprocessing, applied to the blended region before it is written
+    finishing: FittedProcessing | None = None
     token: str = field(default_factory=lambda: f"{time.time_ns()}")
 
 
@@ -139,6 +142,8 @@ def finish_region(job: Job, task: tuple[int, ...], core: torch.Tensor | None) ->
     if core is None:
         core = store.spills.read(own).to(torch.device(job.device))
     final = finish(regions, _weights(job), store.spills, n, r, core)
+    if job.finishing is not None:
+        final = job.finishing.apply(final.unsqueeze(0))[0]
     saturated = store.write_region(n, regions.bounds(r)[0], final)
     store.mark_finished(task)
     release(regions, store.spills, n, r)

@@ -51,6 +51,7 @@ from .._qt.base import collapsible, form, hint_label, set_status, status_label
 from .._qt.tasks import BackgroundTask, TaskWidget
 from .._registry import REGISTRY
 from ..fields import GridFields
+from ..package_fields import PackageChoice
 
 if TYPE_CHECKING:
     import napari
@@ -87,10 +88,11 @@ class InferenceWidget(TaskWidget):
             tooltip="A model file, or a model another widget made in this session",
         )
         self.model_path = FileEdit(
-            mode="r", label="load model", filter="*.pt *.pt2 *.pth *.ts *.zip",
+            mode="r", label="load model", filter="*.pt *.pt2 *.pth *.ts *.zip *.yaml",
             tooltip="A model saved by the Train widget, TorchScript (.pt), a torch.export program (.pt2), "
-                    "or a state dict with a factory",
+                    "a state dict with a factory, or a bioimage.io package (.zip or its rdf.yaml)",
         )
+        self.package = PackageChoice()
         self.model_hint = hint_label()
         self.factory_edit = LineEdit(
             value="", label="factory",
@@ -155,7 +157,8 @@ class InferenceWidget(TaskWidget):
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = status_label()
         self.extend([
-            form(self.image_combo, self.model_combo, self.model_path, self.model_hint, self.factory_edit,
+            form(self.image_combo, self.model_combo, self.model_path, self.model_hint, self.package.accept,
+                 self.factory_edit,
                  self.normalisation_combo, f.time_combo, f.copy_button, *f.edits, self.weighting_combo,
                  self.border_weight_spin, self.postprocess_combo, self.threshold_spin, outputs,
                  self.output_edit, self.output_hint),
@@ -204,6 +207,7 @@ class InferenceWidget(TaskWidget):
 
     def _update_model_fields(self, *_) -> None:
         from_file = self.model_combo.value == MODEL_FILE
+        self.package.accept.visible = from_file and self.package.needs_code
         self.model_path.visible = from_file
         self.factory_edit.visible = from_file
         self.model_hint.visible = from_file
@@ -214,11 +218,16 @@ class InferenceWidget(TaskWidget):
     def _describe_model_file(self, *_) -> None:
         """Say what the chosen file holds, and use a checkpoint's window."""
         path = str(self.model_path.value).strip()
+        self.package.package, self.package.accept.visible = None, False
         if path in ("", ".") or not Path(path).is_file():
             self.model_hint.value = ""
             return
         try:
             kind = model_kind(path)
+            if kind == "bioimageio":  # its window, halo and processing; the postprocessing is its own
+                self.model_hint.value = self.package.describe(path, self.fields, self.image_combo.value)
+                self.border_weight_spin.value, self.postprocess_combo.value = 0.0, "none"
+                return
         except Exception as e:  # noqa: BLE001 - said in the hint, and again on Run
             self.model_hint.value = f"not a model file: {error_text(e)}"
             return
@@ -277,6 +286,8 @@ class InferenceWidget(TaskWidget):
         device = self.device_combo.value
         resolve_device(device)  # says now, in the widget, when a device is not available
         model = self._model(device)
+        if self.model_combo.value == MODEL_FILE:
+            self.package.check(grid)
         source = self.fields.source(image)
         path = resolve_path(self.output_edit.value, image.name, "prediction")
         post = self.postprocess_combo.value
@@ -310,6 +321,8 @@ class InferenceWidget(TaskWidget):
                 raise ValueError("choose a model file (or a model registered in this session)")
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
+            if self.package.package is not None:
+                return self.package.spec(str(path))
             return ModelSpec(str(path), self.factory_edit.value.strip() or None)
         model = REGISTRY.models.get(choice)
         if model is None:

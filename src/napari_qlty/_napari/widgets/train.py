@@ -86,6 +86,7 @@ class TrainWidget(TaskWidget):
             buttons, self.progress, self.metrics, self.status,
             form(self.save_path), self.save_button,
         ])
+        self._add_package_export()
 
         self.task = BackgroundTask(
             self, self.train_button, self.stop_button,
@@ -270,3 +271,38 @@ class TrainWidget(TaskWidget):
     def _fail(self, exc) -> None:
         set_status(self.status, f"Training failed: {error_text(exc)}", error=True)
         notify_error(exc)
+
+    # -- bioimage.io --------------------------------------------------------------------------
+    def _add_package_export(self) -> None:
+        self.package_button = PushButton(text="Export for bioimage.io")
+        self.package_button.tooltip = ("Write the trained model as a bioimage.io package (.zip beside 'save model "
+                                       "to'): deepImageJ, ilastik and the Model Zoo's tools run it")
+        self.append(self.package_button)
+        self.package_button.changed.connect(self.export_package)
+
+    def export_package(self, *_):
+        """Write the trained model as a bioimage.io package beside "save model to" (only a
+        package napari-qlty exported is replaced); its test input is cut from the image."""
+        from pathlib import Path
+
+        from ...models.bioimageio import export_package
+
+        try:
+            if self.model is None or self.recipe is None:
+                raise ValueError("train a model first")
+            text = str(self.save_path.value).strip()
+            if text in ("", "."):
+                raise ValueError("choose where to save the model (save model to): the package goes beside it")
+            image = self.image_combo.value
+            if image is None:
+                raise ValueError("choose the image the model was trained on: the package's test input comes from it")
+            path = Path(text).expanduser().with_suffix(".zip")
+            set_status(self.status, f"Exporting '{self.model_name}' to {path}…")
+            export_package(self.model, path, self.fields.source(image), recipe=self.recipe, name=self.model_name,
+                           overwrite=True)
+        except Exception as e:
+            set_status(self.status, f"Could not export the model: {error_text(e)}", error=True)
+            notify_error(e)
+            return None
+        set_status(self.status, f"Exported '{self.model_name}' to {path}: a bioimage.io package (validated)")
+        return path

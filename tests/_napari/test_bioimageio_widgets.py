@@ -1,0 +1,90 @@
+"""bioimage.io packages in the widgets: one loaded into Tiled inference (window, halo and the
+tick box that accepts its code), and the Train widget's export."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from package_builders import REACH, build_package
+
+from napari_qlty import Weighting, infer
+from napari_qlty.models.bioimageio import load_package, package_grid, read_package
+
+WORKER_TIMEOUT_MS = 60_000
+
+
+def wait_idle(qtbot, widget) -> None:
+    qtbot.waitUntil(lambda: not widget.running, timeout=WORKER_TIMEOUT_MS)
+
+
+def test_a_package_in_tiled_inference(viewer, sample_layers, tmp_path, qtbot):
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+
+    image, _ = sample_layers
+    viewer.add_image(image, name="tomogram")
+    path = build_package(tmp_path / "p", dims=3, test_shape=(1, 1, 20, 24, 32), valid=(8, 4),
+                         weights=("pytorch_state_dict",), zipped=True)
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.model_path.value = path
+    hint = widget.model_hint.value
+    assert "bioimage.io package 'small network'" in hint and f"halo {REACH}" in hint and "8 + k*4" in hint
+    assert not widget.package.accept.native.isHidden() and "arch.py" in widget.package.accept.text
+    assert widget.border_edit.value == str(REACH) and widget.border_weight_spin.value == 0.0
+    assert widget.postprocess_combo.value == "none"
+    widget.output_edit.value = tmp_path / "out.zarr"
+
+    widget.run()  # not accepted: nothing of the package's runs
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "error" and "tick" in widget.status.value and "arch.py" in widget.status.value
+    assert "--" not in widget.status.value
+
+    widget.package.accept.value = True
+    widget.window_edit.value, widget.step_edit.value = "21", "8"
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "error"
+    assert "window along z must be a size the model takes: 8 + k*4 (8, 12, 16, 20, ...); got 21" in widget.status.value
+
+    widget.window_edit.value, widget.step_edit.value = "16, 20, 20", "12, 16, 16"
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "done", widget.status.value
+    package = read_package(path)
+    grid = package_grid(package, image.shape, window=(16, 20, 20), step=(12, 16, 16))
+    expected = infer(load_package(path, accept_code=True), image[None, None], grid, Weighting("border", 0.0))
+    got = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_train_then_export_for_bioimageio(viewer, sample_layers, tmp_path, qtbot):
+    from napari_qlty._napari import unregister_model
+    from napari_qlty._napari.widgets.train import TrainWidget
+
+    image, sparse = sample_layers
+    viewer.add_image(image, name="tomogram")
+    viewer.add_labels(sparse, name="sparse")
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.window_edit.value, widget.step_edit.value = "32", "16"
+    widget.config_overrides = {"net": {"channels": 4, "levels": 2}, "patch": 16, "batch_size": 2,
+                               "steps_per_epoch": 2, "val_samples": 4, "threads": 1, "epochs": 1,
+                               "max_seconds": None}
+    widget.name_edit.value = "exported model"
+    widget.package_button.native.click()  # the button, before any training
+    assert "train a model first" in widget.status.value
+    try:
+        widget.run()
+        wait_idle(qtbot, widget)
+        assert widget.outcome == "done", widget.status.value
+        widget.save_path.value = tmp_path / "model.pt"
+        widget.package_button.native.click()
+        written = tmp_path / "model.zip"
+        assert written.is_file(), widget.status.value
+        assert "bioimage.io package" in widget.status.value
+        package = read_package(written)
+        assert package.name == "exported model" and package.input.space == ("z", "y", "x")
+        assert package.input.processing.describe().startswith("scale_range")  # the widget's percentile default
+        assert len(package.classes) == len(widget.recipe["classes"])
+    finally:
+        unregister_model("exported model")
