@@ -313,3 +313,14 @@ def test_a_nan_in_one_block_is_found(monkeypatch):
     monkeypatch.setattr(blend, "NORMALISE_BYTES", 16)
     with pytest.raises(ValueError, match="NaN or infinite"):
         blend.normalise_(sums, WindowWeights(g, Weighting("gaussian")), (0, 0, 0), one_pass=False)
+
+
+def test_huge_finite_values_are_not_taken_for_a_model_failure():
+    """The quick check sums each block in float32, which overflows on values near 1e38;
+    the exact check behind it then finds every value finite."""
+    from napari_qlty.core import blend
+
+    g = Grid((64, 64), window=(8, 8), step=(8, 8))
+    sums = torch.full((1, 2, 64, 64), 3e38)
+    out = blend.normalise_(sums, WindowWeights(g, Weighting("border")), (0, 0), one_pass=True)
+    assert torch.isfinite(out).all()
