@@ -30,12 +30,14 @@ from ..core.grid import Grid
 from ..core.inference import feed_dtype, for_inference, model_normalisation
 from ..core.intensity import Fitted, Normalisation
 from ..core.weights import Weighting, WindowWeights
+from ..core.pyramid import level_factors
 from ..io.formats import canonical
-from ..io.prediction import OutputStore, read_meta
+from ..io.ngff import Dims, unit_name
+from ..io.prediction import OutputStore, levels_layout, read_meta
 from ..io.sources import Source, open_source
 from ..models import ModelSpec, check_model_output, load_model, resolve_device
 from ..models.batching import available_host_memory, window_cost
-from .regions import Regions, default_chunks, plan_region_size
+from .regions import Regions, default_chunks, plan_pyramid_regions
 from .schedulers import execute
 from .task import POSTPROCESS, Job
 
@@ -97,6 +99,12 @@ def iter_predict(
     overwrite: bool = False,
     axes: str | None = None,
     region: Sequence[int] | None = None,
+    levels: int | None = None,
+    downscale: int | Sequence[int] | None = None,
+    scale: Sequence[float] | None = None,
+    translation: Sequence[float] | None = None,
+    units: str | Sequence[str | None] | None = None,
+    classes: Sequence[str] | None = None,
     cancelled: Callable[[], bool] | None = None,
 ) -> Iterator[Event]:
     """Run ``model`` over every window of ``source`` into the zarr store ``output``.
@@ -116,7 +124,13 @@ def iter_predict(
     must then be files). ``region`` caps the region shape (rounded down to whole chunks;
     smaller regions stream results sooner). ``cancelled`` is polled between batches: when
     it returns True the run stops with :class:`Cancelled`, and rerunning resumes.
-    Yields :class:`Event` objects.
+
+    The store is an OME-Zarr image with a pyramid written as regions finish: ``levels``
+    (None: until the coarsest fits a screen; 1: none), each ``downscale`` times smaller
+    along the tiled axes (default 2 along space, 1 along time). ``scale``,
+    ``translation`` (physical voxel size and position, one value per tiled axis) and
+    ``units`` default to the input's own; ``classes`` names the labels (default: the
+    model's class names, if it carries them). Yields :class:`Event` objects.
     """
     t0 = time.perf_counter()
     if not (probabilities or labels):
@@ -175,24 +189,35 @@ def iter_predict(
     if channels_out == 1:
         rule = {"kind": "threshold", "threshold": float(threshold), "probabilities": postprocess == "sigmoid"}
         params["labels_rule"] = rule
+    tiled = list(getattr(src, "axes", "")[2:]) or [f"d{i}" for i in range(grid.ndim)]
+    factors = level_factors(grid.shape, _downscale(downscale, tiled), levels)
+    params["pyramid"] = {"levels": len(factors), "factors": factors[1] if len(factors) > 1 else None}
     intensity = _intensity(normalise, live_model, src, output, params)
     params["normalisation"] = canonical(intensity.to_json())
+    region_size, floor = plan_pyramid_regions(grid, chunks, factors, src.shape[1], channels_out, per_batch, budget,
+                                              region, in_itemsize=in_itemsize)
+    image_axis = getattr(src, "image_axis", "n")
     layout = {
         "n_images": src.shape[0],
         "channels": channels_out,
         "shape": grid.shape,
         "chunks": chunks,
-        "region": plan_region_size(grid, chunks, src.shape[1], channels_out, per_batch, budget, region,
-                                   in_itemsize=in_itemsize),
-        "region_counts": None,
+        "region": region_size,
+        "region_counts": Regions(grid, region_size).counts,
         "probabilities": probabilities,
         "labels": labels,
         "labels_rule": rule,
         "dtype": dtype,
         "batch_size": batch_size,
-        "axes": [a for a in getattr(src, "axes", "")[2:]] or None,
+        "axes": tiled,
+        "image_axis": image_axis,
+        "dims": Dims.plan(src.shape[0], tiled, image_axis=image_axis).to_json(),
+        "label_dims": Dims.plan(src.shape[0], tiled, image_axis=image_axis, channel=False).to_json(),
+        "levels": levels_layout(grid.shape, chunks, factors, floor),
+        **_geometry(src, tiled, scale, translation, units),
+        "classes": list(classes) if classes is not None else (getattr(live_model, "napari_qlty_info", None)
+                                                               or {}).get("classes"),
     }
-    layout["region_counts"] = Regions(grid, layout["region"]).counts
     store = OutputStore.open_for_run(output, params, layout, overwrite=overwrite)
     try:
         yield from _run(store, src, model if scheduler is not None else live_model, grid, weighting, output,
@@ -237,6 +262,38 @@ def _run(store, src, model, grid, weighting, output, channels_out, batch_size, d
                     "(write float32 to keep them)")
     yield Event("done", done_windows, windows_total, regions_done, len(tasks), time.perf_counter() - t0,
                 message=message)
+
+
+def _downscale(downscale, tiled: Sequence[str]) -> tuple[int, ...]:
+    """Per tiled axis: 2 along space and 1 along time by default."""
+    if downscale is None:
+        return tuple(1 if a == "t" else 2 for a in tiled)
+    values = (downscale,) * len(tiled) if isinstance(downscale, int) else tuple(downscale)
+    if len(values) != len(tiled) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"downscale must be an int >= 1 or one per tiled axis ({', '.join(tiled)}), "
+                         f"got {downscale!r}")
+    return values
+
+
+def _geometry(src, tiled: Sequence[str], scale, translation, units) -> dict:
+    """Physical scale, translation and units per tiled axis: given, else the input's."""
+    n = len(tiled)
+
+    def per_axis(name, given, default):
+        if given is None:
+            return list(default) if default is not None else None
+        values = [given] * n if isinstance(given, (int, float, str)) else list(given)
+        if len(values) != n:
+            raise ValueError(f"{name} must have one value per tiled axis ({', '.join(tiled)}), got {given!r}")
+        return values
+
+    scale = per_axis("scale", scale, getattr(src, "spacing", None)) or [1.0] * n
+    if any(not isinstance(s, (int, float)) or not s > 0 for s in scale):
+        raise ValueError(f"scale must be > 0 along every axis, got {scale}")
+    translation = per_axis("translation", translation, getattr(src, "offset", None)) or [0.0] * n
+    units = per_axis("units", units, getattr(src, "units", None)) or [None] * n
+    return {"scale": [float(s) for s in scale], "translation": [float(t) for t in translation],
+            "units": [unit_name(u) for u in units]}
 
 
 def auto_batch(per_window: int, fixed: int, budget: int, largest: int = 64) -> int:
