@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from napari_qlty.io.prediction import Prediction
 from napari_qlty import Grid, Weighting, infer
 from napari_qlty.core.pairs import clean_pairs, select_windows
 from napari_qlty.io.pairs_store import read_statistics
@@ -333,7 +334,7 @@ def test_inference_streams_and_matches_infer(viewer, sample_layers, tiny_model_f
     grid = Grid(SHAPE, 16, 12, 2)
     expected = _expected(model, image, grid, Weighting("hann", border_weight=0.5))
 
-    probs = zarr.open_group(str(out), mode="r")["probabilities"][...]
+    probs = Prediction(out).probabilities()[...]
     np.testing.assert_allclose(probs[0], expected, atol=1e-5)
     layer = widget.probability_layer
     assert layer is not None and layer in viewer.layers
@@ -388,7 +389,7 @@ def test_inference_cancel_resume_with_registered_model(viewer, sample_layers, tm
         wait_idle(qtbot, widget)
         assert widget.outcome == "cancelled", widget.status.value
         assert "resume" in widget.status.value
-        finished = int(zarr.open_group(str(out), mode="r")["progress"][...].sum())
+        finished = int(zarr.open_group(str(out), mode="r")["napari_qlty/progress"][...].sum())
         total = widget.last_event.regions_total
         assert 0 < finished < total
 
@@ -400,7 +401,7 @@ def test_inference_cancel_resume_with_registered_model(viewer, sample_layers, tm
         grid = Grid(SHAPE, 16, 12, 2)
         expected = _expected(net.eval(), image, grid, Weighting("hann", border_weight=0.5))
         np.testing.assert_allclose(
-            zarr.open_group(str(out), mode="r")["probabilities"][0], expected, atol=1e-5
+            Prediction(out).probabilities()[0], expected, atol=1e-5
         )
         np.testing.assert_allclose(np.asarray(widget.probability_layer.data[...]), expected[1], atol=1e-5)
         assert len([layer for layer in viewer.layers if "P(class" in layer.name]) == 1  # reused

@@ -22,7 +22,7 @@ from napari_qlty.models import ModelSpec
 from napari_qlty import iter_predict, predict
 from napari_qlty.run.regions import Regions, plan_region_size, region_cost
 from napari_qlty.io import labels_store
-from napari_qlty.io.prediction import StoreError, read_meta
+from napari_qlty.io.prediction import Prediction, StoreError, read_meta
 
 
 def conv_model(c_in=1, c_out=2, ndim=3, seed=0):
@@ -56,11 +56,11 @@ def test_predict_equals_in_memory(tmp_path, volume, region, weighting):
                                region=region, chunks=(16, 16, 16)))
     assert events[-1].kind == "done"
     expected = infer(model, torch.from_numpy(x), grid, weighting).numpy()
-    got = zarr.open_group(str(out), mode="r")
-    np.testing.assert_allclose(got["probabilities"][...], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(got["labels"][...], expected.argmax(1).astype(np.uint8))
+    got = Prediction(out)
+    np.testing.assert_allclose(got.probabilities()[...], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got.labels()[...], expected.argmax(1).astype(np.uint8))
     assert read_meta(out)["complete"] is True
-    assert not (out / "spills").exists() or not any((out / "spills").iterdir())
+    assert not (out / "napari_qlty" / "spills").exists()
     # every window ran once
     assert events[-1].windows_done == len(grid)
 
@@ -84,8 +84,8 @@ def test_threads_equal_sequential(tmp_path, volume):
     kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", chunks=(8, 8, 8), region=(8, 8, 8))
     predict(model, src, grid, tmp_path / "a.zarr", **kwargs)
     predict(model, src, grid, tmp_path / "b.zarr", workers=2, **kwargs)
-    a = zarr.open_group(str(tmp_path / "a.zarr"))["probabilities"][...]
-    b = zarr.open_group(str(tmp_path / "b.zarr"))["probabilities"][...]
+    a = Prediction(tmp_path / "a.zarr").probabilities()[...]
+    b = Prediction(tmp_path / "b.zarr").probabilities()[...]
     np.testing.assert_array_equal(a, b)
 
 
@@ -209,8 +209,8 @@ def test_resume_after_kill_9_is_identical(tmp_path, volume):
                           check=True, env=env, capture_output=True, text=True)
     first = done.stdout.splitlines()[0].split()
     assert first[0] == "start" and int(first[1]) >= 6  # finished regions were skipped
-    a = zarr.open_group(str(ref))["probabilities"][...]
-    b = zarr.open_group(str(out))["probabilities"][...]
+    a = Prediction(ref).probabilities()[...]
+    b = Prediction(out).probabilities()[...]
     np.testing.assert_array_equal(a, b)
 
 
@@ -233,8 +233,8 @@ def test_distributed_cluster_equals_local(tmp_path, volume):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         predict(ModelSpec(str(model_path)), str(tmp_path / "in.zarr"), grid, tmp_path / "cluster.zarr",
                 scheduler=client, **kwargs)
-    a = zarr.open_group(str(tmp_path / "local.zarr"))["probabilities"][...]
-    b = zarr.open_group(str(tmp_path / "cluster.zarr"))["probabilities"][...]
+    a = Prediction(tmp_path / "local.zarr").probabilities()[...]
+    b = Prediction(tmp_path / "cluster.zarr").probabilities()[...]
     np.testing.assert_array_equal(a, b)
 
 
@@ -263,8 +263,8 @@ def test_out_of_memory_halves_the_batch(tmp_path, volume):
     kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", batch_size=4)
     predict(Picky(), src, grid, tmp_path / "picky.zarr", **kwargs)
     predict(conv, src, grid, tmp_path / "plain.zarr", **kwargs)
-    a = zarr.open_group(str(tmp_path / "picky.zarr"))["probabilities"][...]
-    b = zarr.open_group(str(tmp_path / "plain.zarr"))["probabilities"][...]
+    a = Prediction(tmp_path / "picky.zarr").probabilities()[...]
+    b = Prediction(tmp_path / "plain.zarr").probabilities()[...]
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
@@ -287,7 +287,7 @@ def test_region_cap_and_cancel_then_resume(tmp_path, volume):
     events = list(iter_predict(model, src, grid, out, **kwargs))
     assert events[0].regions_done == 3
     expected = infer(model, torch.from_numpy(x), grid, Weighting("border", 0.0)).numpy()
-    np.testing.assert_allclose(zarr.open_group(str(out))["probabilities"][...], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Prediction(out).probabilities()[...], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_retrained_module_is_not_resumed_into(tmp_path, volume):
@@ -329,7 +329,7 @@ def test_predict_leaves_a_training_mode_batchnorm_model_unchanged(tmp_path, volu
         assert torch.equal(v, before[k]), k
     assert model_fingerprint(net) == fingerprint
     expected = infer(net.eval(), torch.from_numpy(x), grid).numpy()
-    np.testing.assert_allclose(zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...], expected,
+    np.testing.assert_allclose(Prediction(tmp_path / "out.zarr").probabilities()[...], expected,
                                rtol=1e-5, atol=1e-5)
 
 
@@ -356,19 +356,19 @@ def test_one_channel_models_get_labels_by_threshold(tmp_path, volume):
     grid = Grid(x.shape[2:], window=12, step=8, border=2)
     one = conv_model(c_out=1)
     predict(one, src, grid, tmp_path / "raw.zarr", weighting=Weighting("border", 0.0), device="cpu")
-    raw = zarr.open_group(str(tmp_path / "raw.zarr"))
-    logits = raw["probabilities"][...]
+    raw = Prediction(tmp_path / "raw.zarr")
+    logits = raw.probabilities()[...]
     np.testing.assert_allclose(logits, infer(one, torch.from_numpy(x), grid, Weighting("border", 0.0)).numpy(),
                                rtol=1e-5, atol=1e-5)
-    labels = raw["labels"][...]
+    labels = raw.labels()[...]
     # the rule is sigmoid >= 0.5 in float32 (a logit of -1e-9 rounds to 0.5: labelled)
     np.testing.assert_array_equal(labels, (torch.sigmoid(torch.from_numpy(logits[:, 0])) >= 0.5).numpy())
     assert np.mean(labels == (logits[:, 0] >= 0)) > 0.999
     assert 0 < labels.mean() < 1
     predict(one, src, grid, tmp_path / "p.zarr", weighting=Weighting("border", 0.0), device="cpu",
             postprocess="sigmoid", threshold=0.8)
-    probs = zarr.open_group(str(tmp_path / "p.zarr"))["probabilities"][...]
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "p.zarr"))["labels"][...],
+    probs = Prediction(tmp_path / "p.zarr").probabilities()[...]
+    np.testing.assert_array_equal(Prediction(tmp_path / "p.zarr").labels()[...],
                                   (probs[:, 0] >= 0.8).astype(np.uint8))
     with pytest.raises(ValueError, match="one output channel, whose softmax is always 1"):
         predict(one, src, grid, tmp_path / "s.zarr", device="cpu", postprocess="softmax")
