@@ -408,3 +408,42 @@ def test_inference_cancel_resume_with_registered_model(viewer, sample_layers, tm
     finally:
         unregister_model("tiny (slow)")
     assert widget.model_combo.choices == (MODEL_FILE,)
+
+
+def test_inference_at_a_coarse_level_streams_a_pyramid(viewer, sample_layers, tiny_model_file, tmp_path, qtbot):
+    """A multiscale image run at its level 1 (a quick preview): the result has that
+    level's scale and is itself a pyramid, shown as multiscale layers while it fills in."""
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+
+    image, _ = sample_layers
+    model_path, model = tiny_model_file
+    coarse = image[::2, ::2, ::2].copy()
+    layer = viewer.add_image([image, coarse], name="pyramid", multiscale=True, scale=(2.0, 1.0, 1.0),
+                             translate=(5.0, 0.0, 0.0))
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image_combo.value = layer
+    assert not widget.level_combo.native.isHidden() and len(widget.level_combo.choices) == 2
+    widget.level_combo.value = 1
+    widget.model_path.value = model_path
+    out = tmp_path / "preview.zarr"
+    _set_inference_fields(widget, out)
+    widget.chunks_edit.value = "8"
+    widget.region_edit.value = "8"
+    widget.levels_edit.value = "2"
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "done", widget.status.value
+
+    expected = _expected(model, coarse, Grid(coarse.shape, 16, 12, 2), Weighting("hann", border_weight=0.5))
+    store = Prediction(out)
+    np.testing.assert_allclose(store.probabilities()[0], expected, atol=1e-5)
+    assert store.scale(0) == (4.0, 2.0, 2.0)  # the layer's scale times the level's factor
+    assert store.translation(0) == (6.0, 0.5, 0.5)  # a coarse voxel sits at its block's centre
+    shown = widget.probability_layer
+    assert shown.multiscale and len(shown.data) == 2
+    assert tuple(shown.scale) == (4.0, 2.0, 2.0) and tuple(shown.translate) == (6.0, 0.5, 0.5)
+    np.testing.assert_allclose(np.asarray(shown.data[0][...]), expected[1], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(shown.data[1][...]), store.probabilities(1)[0, 1], atol=1e-7)
+    assert widget.labels_layer.multiscale
+    np.testing.assert_array_equal(np.asarray(widget.labels_layer.data[0][...]), expected.argmax(0))
