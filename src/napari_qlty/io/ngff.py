@@ -24,7 +24,7 @@ UNIT_NAMES = {
     "a": "angstrom", "å": "angstrom", "\u212b": "angstrom", "angstroms": "angstrom",
     "nm": "nanometer", "nanometre": "nanometer", "nanometers": "nanometer",
     "um": "micrometer", "µm": "micrometer", "\u03bcm": "micrometer", "micron": "micrometer",
-    "microns": "micrometer", "micrometre": "micrometer", "micrometers": "micrometer",
+    "microns": "micrometer", "micrometre": "micrometer", "micrometers": "micrometer", "\\u00b5m": "micrometer",
     "mm": "millimeter", "millimetre": "millimeter", "cm": "centimeter", "m": "meter",
     "pm": "picometer",
     "s": "second", "sec": "second", "seconds": "second", "ms": "millisecond", "us": "microsecond",
