@@ -25,6 +25,13 @@ from napari_qlty.io import labels_store
 from napari_qlty.io.prediction import Prediction, StoreError, read_meta
 
 
+def all_levels(path) -> dict:
+    """Every array of a prediction's pyramids, by path."""
+    store = Prediction(path)
+    return {store.array_path(kind, level): store.array(kind, level)[...]
+            for kind in ("probabilities", "labels") if store.layout[kind] for level in range(store.levels)}
+
+
 def conv_model(c_in=1, c_out=2, ndim=3, seed=0):
     torch.manual_seed(seed)
     conv = torch.nn.Conv3d if ndim == 3 else torch.nn.Conv2d
@@ -174,7 +181,7 @@ KILL_SCRIPT = textwrap.dedent(
     src, model, out, slow = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     grid = Grid((37, 45, 29), window=12, step=8, border=2)
     for event in iter_predict(ModelSpec(model), src, grid, out, weighting=Weighting("border", 0.0),
-                              device="cpu", chunks=(8, 8, 8), region=(8, 8, 8)):
+                              device="cpu", chunks=(8, 8, 8), region=(8, 8, 8), levels=2):
         print(event.kind, event.regions_done, event.regions_total, flush=True)
         time.sleep(slow)
     """
@@ -209,9 +216,10 @@ def test_resume_after_kill_9_is_identical(tmp_path, volume):
                           check=True, env=env, capture_output=True, text=True)
     first = done.stdout.splitlines()[0].split()
     assert first[0] == "start" and int(first[1]) >= 6  # finished regions were skipped
-    a = Prediction(ref).probabilities()[...]
-    b = Prediction(out).probabilities()[...]
-    np.testing.assert_array_equal(a, b)
+    a, b = all_levels(ref), all_levels(out)
+    assert len(a) == 4 and a.keys() == b.keys()  # probabilities and labels, 2 levels each
+    for key in a:  # the pyramid too, byte for byte
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_distributed_cluster_equals_local(tmp_path, volume):
@@ -220,7 +228,7 @@ def test_distributed_cluster_equals_local(tmp_path, volume):
     model_path = tmp_path / "model.pt"
     torch.jit.script(conv_model()).save(str(model_path))
     grid = Grid(x.shape[2:], window=12, step=8, border=2)
-    kwargs = dict(weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8), region=(16, 16, 16))
+    kwargs = dict(weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8), region=(16, 16, 16), levels=2)
     # dask's worker processes run torch on one thread; a conv on two threads may round
     # differently, so the local reference uses one thread too: the stitching itself is exact
     threads = torch.get_num_threads()
@@ -233,9 +241,10 @@ def test_distributed_cluster_equals_local(tmp_path, volume):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         predict(ModelSpec(str(model_path)), str(tmp_path / "in.zarr"), grid, tmp_path / "cluster.zarr",
                 scheduler=client, **kwargs)
-    a = Prediction(tmp_path / "local.zarr").probabilities()[...]
-    b = Prediction(tmp_path / "cluster.zarr").probabilities()[...]
-    np.testing.assert_array_equal(a, b)
+    a, b = all_levels(tmp_path / "local.zarr"), all_levels(tmp_path / "cluster.zarr")
+    assert len(a) == 4 and a.keys() == b.keys()
+    for key in a:  # every level of both pyramids
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_plan_region_size_respects_budget():
