@@ -326,3 +326,25 @@ def test_scale_comes_from_the_input_and_its_level(tmp_path):
     assert Prediction(tmp_path / "mine.zarr").layout["units"] == ["nanometer"] * 3
     with pytest.raises(ValueError, match=r"scale must have one value per tiled axis \(z, y, x\)"):
         predict(conv(c_out=2), x, Grid(x.shape, 8, 6), tmp_path / "bad.zarr", device="cpu", scale=(1.0, 2.0))
+
+
+def test_cli_flags_for_the_pyramid_say_what_is_wrong(tmp_path, capsys):
+    from napari_qlty.cli import main
+
+    x = volume("float32", shape=(16, 32, 24))
+    np.save(tmp_path / "x.npy", x)
+    model = tmp_path / "m.pt"
+    torch.jit.script(conv(c_out=2)).save(str(model))
+    common = [str(tmp_path / "x.npy"), str(tmp_path / "o.zarr"), "--model", str(model), "--window", "8",
+              "--step", "6", "--device", "cpu"]
+    assert main(["predict", *common, "--levels", "0"]) == 2
+    assert "--levels must be an int >= 1" in capsys.readouterr().err
+    assert main(["predict", *common, "--downscale", "2,2"]) == 2
+    assert "--downscale must be an int >= 1 or one per tiled axis (z, y, x)" in capsys.readouterr().err
+    assert main(["predict", *common, "--scale", "1,0,1"]) == 2
+    assert "--scale must be > 0 along every axis" in capsys.readouterr().err
+    assert main(["predict", *common, "--level", "1"]) == 2
+    assert "--level 1 applies to multiscale inputs only" in capsys.readouterr().err
+    assert main(["predict", *common, "--levels", "2", "--downscale", "1,2,2", "--units", "µm"]) == 0
+    store = Prediction(tmp_path / "o.zarr")
+    assert store.layout["levels"][1]["factor"] == [1, 2, 2] and store.layout["units"] == ["micrometer"] * 3

@@ -70,8 +70,8 @@ class Prediction:
         self.group = zarr.open_group(str(self.path), mode=mode)
         meta = self.group.attrs.get(ATTRS_KEY)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or "layout" not in meta:
-            raise StoreError(f"{self.path} holds {formats.describe(self.path)}, not a finished layout of "
-                             f"{formats.DESCRIPTIONS[FORMAT]}")
+            raise StoreError(f"{self.path} holds {formats.describe(self.path)}, not {formats.DESCRIPTIONS[FORMAT]} "
+                             f"({FORMAT}) that has been set up")
         self.meta = dict(meta)
 
     @property
@@ -110,14 +110,11 @@ class Prediction:
 
     def scale(self, level: int = 0) -> tuple[float, ...]:
         """Physical voxel size of level ``level`` per tiled axis."""
-        factor = self.layout["levels"][level]["factor"]
-        return tuple(s * f for s, f in zip(self.layout["scale"], factor))
+        return level_scale(self.layout, level)
 
     def translation(self, level: int = 0) -> tuple[float, ...]:
-        """Physical position of the first voxel's centre of level ``level`` per tiled axis
-        (a block's mean sits at the block's centre)."""
-        factor = self.layout["levels"][level]["factor"]
-        return tuple(t + s * (f - 1) / 2 for t, s, f in zip(self.layout["translation"], self.layout["scale"], factor))
+        """Physical position of the first voxel's centre of level ``level`` per tiled axis."""
+        return level_translation(self.layout, level)
 
 
 class OutputStore(Prediction):
@@ -281,6 +278,17 @@ def levels_layout(shape: Sequence[int], chunks: Sequence[int], factors: Sequence
             for f in factors]
 
 
+def level_scale(layout: dict, level: int) -> tuple[float, ...]:
+    factor = layout["levels"][level]["factor"]
+    return tuple(s * f for s, f in zip(layout["scale"], factor))
+
+
+def level_translation(layout: dict, level: int) -> tuple[float, ...]:
+    """A block's mean sits at the block's centre: half a block in from level 0's first voxel."""
+    factor = layout["levels"][level]["factor"]
+    return tuple(t + s * (f - 1) / 2 for t, s, f in zip(layout["translation"], layout["scale"], factor))
+
+
 def _prefix(layout: dict, kind: str) -> str:
     """The folder of a kind's levels: the root for probabilities (and for labels alone)."""
     return f"labels/{LABELS_NAME}/" if kind == "labels" and layout["probabilities"] else ""
@@ -312,11 +320,9 @@ def _write_ome(group: zarr.Group, layout: dict) -> None:
         dims = Dims.from_json(layout["dims" if kind == "probabilities" else "label_dims"])
         if not dims.ome:
             return
-        store = Prediction.__new__(Prediction)
-        store.meta = {"layout": layout}
         scales, translations = [], []
         for i in levels:
-            physical = dict(zip(layout["axes"], zip(store.scale(i), store.translation(i))))
+            physical = dict(zip(layout["axes"], zip(level_scale(layout, i), level_translation(layout, i))))
             scales.append([physical[name][0] if s is not None and s >= 2 else 1.0
                            for name, s in zip(dims.names, dims.source)])
             translations.append([physical[name][1] if s is not None and s >= 2 else 0.0
