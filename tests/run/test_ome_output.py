@@ -222,6 +222,7 @@ def test_napari_ome_zarr_opens_it_as_multiscale_layers(pyramid):
         ((3, 20, 24), "nyx", ["n", "c", "y", "x"]),  # a stack of images: the custom axis
         ((4, 20, 24), "tyx", ["t", "c", "y", "x"]),  # time tiled (and never coarsened)
         ((50,), "x", ["c", "y", "x"]),  # one space axis gets a length-1 partner
+        ((4, 20, 24), "t,yx", ["t", "c", "y", "x"]),  # each time point on its own: the images are time
     ],
 )
 def test_every_layout_is_valid_ngff(tmp_path, shape, axes, expected):
@@ -229,7 +230,9 @@ def test_every_layout_is_valid_ngff(tmp_path, shape, axes, expected):
 
     from napari_qlty.io.sources import open_source
 
-    src = open_source(volume("float32", shape=shape), axes=axes)
+    src = open_source(volume("float32", shape=shape), axes=axes.replace(",", ""))
+    if "," in axes:
+        src = src.time_as_images()
     grid = Grid(src.shape[2:], window=tuple(min(8, s) for s in src.shape[2:]), step=4)
     out = tmp_path / "o.zarr"
     predict(conv(ndim=grid.ndim), src, grid, out, device="cpu", levels=2)
@@ -238,7 +241,7 @@ def test_every_layout_is_valid_ngff(tmp_path, shape, axes, expected):
     store = Prediction(out)
     assert store.probabilities().shape == (src.shape[0], 3, *src.shape[2:])
     factor = store.layout["levels"][1]["factor"]
-    assert factor == [1 if a == "t" else 2 for a in axes if a != "n"]
+    assert factor == [1 if a == "t" else 2 for a in axes.partition(",")[2] or axes if a != "n"]
     np.testing.assert_allclose(store.probabilities(1)[0], coarsen_mean(store.probabilities()[0], (1, *factor)),
                                rtol=1e-5, atol=1e-6)
 

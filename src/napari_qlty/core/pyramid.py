@@ -21,6 +21,18 @@ import torch
 SCREEN = 512
 
 
+def downscale_factors(axes: Sequence[str], downscale: int | Sequence[int] | None = None) -> tuple[int, ...]:
+    """The factor per level along each tiled axis: ``downscale`` (one, or one per axis),
+    by default 2 along space and 1 along time (a mean over time points mixes them)."""
+    if downscale is None:
+        return tuple(1 if a == "t" else 2 for a in axes)
+    values = (downscale,) * len(axes) if isinstance(downscale, int) else tuple(downscale)
+    if len(values) != len(axes) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"downscale must be an int >= 1 or one per tiled axis ({', '.join(axes)}), "
+                         f"got {downscale!r}")
+    return values
+
+
 def level_factors(shape: Sequence[int], factors: Sequence[int], levels: int | None = None,
                   screen: int = SCREEN) -> list[tuple[int, ...]]:
     """Cumulative downsampling factors per level (level 0 is all ones).

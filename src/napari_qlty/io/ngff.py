@@ -40,6 +40,29 @@ def unit_name(unit: str | None) -> str | None:
     return UNIT_NAMES.get(text.lower(), UNIT_NAMES.get(text, text.lower()))
 
 
+def geometry(source, axes: Sequence[str], scale=None, translation=None, units=None) -> dict:
+    """Physical scale, translation and units per tiled axis: as given (one value, or one
+    per axis), else the source's (an MRC's voxel size, an OME-Zarr's transforms, a
+    TIFF's resolution), else 1, 0 and none."""
+    n = len(axes)
+
+    def per_axis(name, given, default):
+        if given is None:
+            return list(default) if default is not None else None
+        values = [given] * n if isinstance(given, (int, float, str)) else list(given)
+        if len(values) != n:
+            raise ValueError(f"{name} must have one value per tiled axis ({', '.join(axes)}), got {given!r}")
+        return values
+
+    scale = per_axis("scale", scale, getattr(source, "spacing", None)) or [1.0] * n
+    if any(not isinstance(s, (int, float)) or not s > 0 for s in scale):
+        raise ValueError(f"scale must be > 0 along every axis, got {scale}")
+    translation = per_axis("translation", translation, getattr(source, "offset", None)) or [0.0] * n
+    units = per_axis("units", units, getattr(source, "units", None)) or [None] * n
+    return {"scale": [float(s) for s in scale], "translation": [float(t) for t in translation],
+            "units": [unit_name(u) for u in units]}
+
+
 @dataclass(frozen=True)
 class Dims:
     """Where the logical (N, C, *tiled) axes of a result lie in its arrays.

@@ -30,9 +30,9 @@ from ..core.grid import Grid
 from ..core.inference import feed_dtype, for_inference, model_normalisation
 from ..core.intensity import Fitted, Normalisation
 from ..core.weights import Weighting, WindowWeights
-from ..core.pyramid import level_factors
+from ..core.pyramid import downscale_factors, level_factors
 from ..io.formats import canonical
-from ..io.ngff import Dims, unit_name
+from ..io.ngff import Dims, geometry
 from ..io.prediction import OutputStore, levels_layout, read_meta
 from ..io.sources import Source, open_source
 from ..models import ModelSpec, check_model_output, load_model, resolve_device
@@ -190,7 +190,7 @@ def iter_predict(
         rule = {"kind": "threshold", "threshold": float(threshold), "probabilities": postprocess == "sigmoid"}
         params["labels_rule"] = rule
     tiled = list(getattr(src, "axes", "")[2:]) or [f"d{i}" for i in range(grid.ndim)]
-    factors = level_factors(grid.shape, _downscale(downscale, tiled), levels)
+    factors = level_factors(grid.shape, downscale_factors(tiled, downscale), levels)
     params["pyramid"] = {"levels": len(factors), "factors": factors[1] if len(factors) > 1 else None}
     intensity = _intensity(normalise, live_model, src, output, params)
     params["normalisation"] = canonical(intensity.to_json())
@@ -214,7 +214,7 @@ def iter_predict(
         "dims": Dims.plan(src.shape[0], tiled, image_axis=image_axis).to_json(),
         "label_dims": Dims.plan(src.shape[0], tiled, image_axis=image_axis, channel=False).to_json(),
         "levels": levels_layout(grid.shape, chunks, factors, floor),
-        **_geometry(src, tiled, scale, translation, units),
+        **geometry(src, tiled, scale, translation, units),
         "classes": list(classes) if classes is not None else (getattr(live_model, "napari_qlty_info", None)
                                                                or {}).get("classes"),
     }
@@ -262,38 +262,6 @@ def _run(store, src, model, grid, weighting, output, channels_out, batch_size, d
                     "(write float32 to keep them)")
     yield Event("done", done_windows, windows_total, regions_done, len(tasks), time.perf_counter() - t0,
                 message=message)
-
-
-def _downscale(downscale, tiled: Sequence[str]) -> tuple[int, ...]:
-    """Per tiled axis: 2 along space and 1 along time by default."""
-    if downscale is None:
-        return tuple(1 if a == "t" else 2 for a in tiled)
-    values = (downscale,) * len(tiled) if isinstance(downscale, int) else tuple(downscale)
-    if len(values) != len(tiled) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"downscale must be an int >= 1 or one per tiled axis ({', '.join(tiled)}), "
-                         f"got {downscale!r}")
-    return values
-
-
-def _geometry(src, tiled: Sequence[str], scale, translation, units) -> dict:
-    """Physical scale, translation and units per tiled axis: given, else the input's."""
-    n = len(tiled)
-
-    def per_axis(name, given, default):
-        if given is None:
-            return list(default) if default is not None else None
-        values = [given] * n if isinstance(given, (int, float, str)) else list(given)
-        if len(values) != n:
-            raise ValueError(f"{name} must have one value per tiled axis ({', '.join(tiled)}), got {given!r}")
-        return values
-
-    scale = per_axis("scale", scale, getattr(src, "spacing", None)) or [1.0] * n
-    if any(not isinstance(s, (int, float)) or not s > 0 for s in scale):
-        raise ValueError(f"scale must be > 0 along every axis, got {scale}")
-    translation = per_axis("translation", translation, getattr(src, "offset", None)) or [0.0] * n
-    units = per_axis("units", units, getattr(src, "units", None)) or [None] * n
-    return {"scale": [float(s) for s in scale], "translation": [float(t) for t in translation],
-            "units": [unit_name(u) for u in units]}
 
 
 def auto_batch(per_window: int, fixed: int, budget: int, largest: int = 64) -> int:
