@@ -65,40 +65,72 @@ def overhead(args) -> None:
                 times[levels].append(time.perf_counter() - t)
         plain, pyramid = statistics.median(times[1]), statistics.median(times[args.levels])
         rows.append((name, plain, pyramid))
+    # the store's share alone: write_region of the same regions with and without levels
+    write = {1: [], args.levels: []}
+    values = torch.softmax(torch.randn(2, *args.region), 0)
+    for _ in range(args.repeats):
+        for levels in (1, args.levels):
+            write[levels].append(write_regions(workdir / f"w{levels}.zarr", shape, args.region, levels, values))
     print(f"\n### Pyramid overhead: predict {shape} float32, window 64, step 56, chunks 64, "
           f"regions {args.region}, {args.levels} levels vs 1 (median of {args.repeats})\n")
     print("| model | without pyramid (s) | with pyramid (s) | extra |")
     print("| --- | ---: | ---: | ---: |")
     for name, plain, pyramid in rows:
         print(f"| {name} | {plain:.1f} | {pyramid:.1f} | {100 * (pyramid / plain - 1):+.1f} % |")
+    plain, pyramid = statistics.median(write[1]), statistics.median(write[args.levels])
+    print(f"| `write_region` alone (every region's final values, no model) | {plain:.1f} | {pyramid:.1f} | "
+          f"{100 * (pyramid / plain - 1):+.1f} % |")
+
+
+def write_regions(path: Path, shape, region, levels: int, values: torch.Tensor) -> float:
+    """Seconds to write every region of ``shape`` through ``write_region`` (``values`` each time)."""
+    shutil.rmtree(path, ignore_errors=True)
+    store = open_store(path, shape, (64,) * len(shape), region, levels, "float32")
+    t = time.perf_counter()
+    for r in np.ndindex(*store.layout["region_counts"]):
+        start = [i * s for i, s in zip(r, region)]
+        stop = [min(a + s, n) for a, s, n in zip(start, region, shape)]
+        store.write_region(0, start, values[(slice(None), *(slice(0, b - a) for a, b in zip(start, stop)))])
+    took = time.perf_counter() - t
+    store.close()
+    return took
+
+
+def open_store(path: Path, shape, chunks, region, levels, dtype):
+    """A prediction store of ``shape`` (2 classes and labels) ready for ``write_region``."""
+    from napari_qlty.core.pyramid import level_factors
+    from napari_qlty.io.formats import canonical
+    from napari_qlty.io.ngff import Dims
+    from napari_qlty.io.prediction import OutputStore, levels_layout
+    from napari_qlty.run.regions import LEVEL_CHUNK_FLOOR
+
+    nd = len(shape)
+    factors = level_factors(shape, (2,) * nd, levels)
+    layout = canonical({
+        "n_images": 1, "channels": 2, "shape": shape, "chunks": chunks, "region": region,
+        "region_counts": [-(-s // r) for s, r in zip(shape, region)], "probabilities": True, "labels": True,
+        "labels_rule": {"kind": "argmax"}, "dtype": dtype, "batch_size": 1, "axes": list("zyx"[-nd:]),
+        "image_axis": "n", "dims": Dims.plan(1, "zyx"[-nd:]).to_json(),
+        "label_dims": Dims.plan(1, "zyx"[-nd:], channel=False).to_json(),
+        "levels": levels_layout(shape, chunks, factors, (LEVEL_CHUNK_FLOOR[nd],) * nd),
+        "scale": [1.0] * nd, "translation": [0.0] * nd, "units": [None] * nd, "classes": ["background", "object"],
+    })
+    return OutputStore.open_for_run(path, {"benchmark": list(shape), "levels": levels}, layout, overwrite=True)
 
 
 # -- 2. first view ----------------------------------------------------------------------------
 def build(path: Path, shape, slab: int) -> float:
     """A finished prediction of ``shape`` written through OutputStore.write_region."""
-    from napari_qlty.core.pyramid import level_factors
-    from napari_qlty.io.formats import canonical
-    from napari_qlty.io.ngff import Dims
-    from napari_qlty.io.prediction import OutputStore, levels_layout
-    from napari_qlty.core.pyramid import granule
+    from napari_qlty.core.pyramid import granule, level_factors
     from napari_qlty.run.regions import DEFAULT_CHUNK, LEVEL_CHUNK_FLOOR
 
     nd = len(shape)
     chunks = (DEFAULT_CHUNK[nd],) * nd
     factors = level_factors(shape, (2,) * nd)
-    floor = (LEVEL_CHUNK_FLOOR[nd],) * nd
-    unit = granule(chunks, factors, floor)
+    unit = granule(chunks, factors, (LEVEL_CHUNK_FLOOR[nd],) * nd)
     region = (max(unit[0], slab // unit[0] * unit[0]), *(u * max(1, 512 // u) for u in unit[1:]))
-    counts = [-(-s // r) for s, r in zip(shape, region)]
-    layout = canonical({
-        "n_images": 1, "channels": 2, "shape": shape, "chunks": chunks, "region": region,
-        "region_counts": counts, "probabilities": True, "labels": True, "labels_rule": {"kind": "argmax"},
-        "dtype": "float16", "batch_size": 1, "axes": list("zyx"[-nd:]), "image_axis": "n",
-        "dims": Dims.plan(1, "zyx"[-nd:]).to_json(), "label_dims": Dims.plan(1, "zyx"[-nd:], channel=False).to_json(),
-        "levels": levels_layout(shape, chunks, factors, floor), "scale": [1.0] * nd, "translation": [0.0] * nd,
-        "units": [None] * nd, "classes": ["background", "object"],
-    })
-    store = OutputStore.open_for_run(path, {"benchmark": list(shape)}, layout, overwrite=True)
+    store = open_store(path, shape, chunks, region, len(factors), "float16")
+    counts = store.layout["region_counts"]
     t = time.perf_counter()
     for r in np.ndindex(*counts):
         start = [i * s for i, s in zip(r, region)]

