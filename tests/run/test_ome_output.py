@@ -66,17 +66,17 @@ def all_levels(path) -> dict[str, np.ndarray]:
 
 
 # -- the reductions ----------------------------------------------------------------------
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 13), min_size=1, max_size=3), st.lists(st.integers(1, 3), min_size=3, max_size=3),
-       st.integers(1, 4), st.integers(0, 2**31 - 1))
-def test_levels_of_a_box_are_the_block_reductions(shape, factor, levels, seed):
+       st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_levels_of_a_box_are_the_block_reductions(shape, factor, levels, classes, seed):
     factor = factor[: len(shape)]
     factors = level_factors(shape, factor, levels)
     rng = np.random.default_rng(seed)
     values = rng.standard_normal((2, *shape)).astype(np.float32)
-    labels = rng.integers(0, 4, size=shape).astype(np.uint8)
+    labels = rng.integers(0, classes, size=shape).astype(np.uint8)
     means = list(mean_levels(torch.from_numpy(values), factors))
-    modes = list(mode_levels(torch.from_numpy(labels), 4, factors))
+    modes = list(mode_levels(torch.from_numpy(labels), classes, factors))
     assert len(means) == len(modes) == len(factors) - 1
     for f, mean, mode in zip(factors[1:], means, modes):
         np.testing.assert_allclose(mean.numpy(), coarsen_mean(values, (1, *f)), rtol=1e-5, atol=1e-6)

@@ -126,26 +126,31 @@ def mean_levels(values: torch.Tensor, factors: Sequence[Sequence[int]]) -> Itera
 
 
 def mode_levels(labels: torch.Tensor, classes: int, factors: Sequence[Sequence[int]]) -> Iterator[torch.Tensor]:
-    """The majority label of each block of ``labels`` (*box) at each level after the first;
-    ties go to the smallest label. One class at a time, so memory does not grow with
-    the number of classes; the counts of a class are cascaded level to level."""
+    """The majority label of each block of ``labels`` (*box, values below ``classes``) at
+    each level after the first; ties go to the smallest label. One class at a time, so
+    memory does not grow with the number of classes; a class's counts are cascaded level
+    to level, and the last class's are what the others leave of each block."""
     coarse = factors[1:]
     if not coarse:
         return
-    best_count = [None] * len(coarse)
-    best_label = [None] * len(coarse)
-    dims = range(labels.dim())
+    extent, dims = tuple(labels.shape), range(labels.dim())
+    best_count: list = [None] * len(coarse)
+    best_label: list = [None] * len(coarse)
+    counted: list = [None] * len(coarse)
     for k in range(classes):
         counts, previous = labels == k, factors[0]
         for i, factor in enumerate(coarse):
-            counts = block_sum(counts, dims, [f // p for f, p in zip(factor, previous)], dtype=torch.int32)
+            if k == classes - 1 and k > 0:
+                counts = _block_counts(extent, factor, labels.device).to(torch.int32) - counted[i]
+            else:
+                counts = block_sum(counts, dims, [f // p for f, p in zip(factor, previous)], dtype=torch.int32)
+                counted[i] = counts if counted[i] is None else counted[i] + counts
             previous = factor
             if best_count[i] is None:
                 best_count[i] = counts
                 best_label[i] = torch.zeros(counts.shape, dtype=labels.dtype, device=labels.device)
             else:
                 better = counts > best_count[i]
-                best_count[i] = torch.where(better, counts, best_count[i])
-                best_label[i] = torch.where(better, torch.tensor(k, dtype=labels.dtype, device=labels.device),
-                                            best_label[i])
+                best_count[i] = torch.maximum(counts, best_count[i])
+                best_label[i].masked_fill_(better, k)
     yield from best_label
