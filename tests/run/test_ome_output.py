@@ -351,3 +351,29 @@ def test_cli_flags_for_the_pyramid_say_what_is_wrong(tmp_path, capsys):
     assert main(["predict", *common, "--levels", "2", "--downscale", "1,2,2", "--units", "µm"]) == 0
     store = Prediction(tmp_path / "o.zarr")
     assert store.layout["levels"][1]["factor"] == [1, 2, 2] and store.layout["units"] == ["micrometer"] * 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.sampled_from(["x", "yx", "zyx", "tyx", "tzyx", "ty", "t"]), st.sampled_from("nt"),
+       st.booleans(), st.integers(0, 2**31 - 1))
+def test_dims_round_trip_every_layout(n_images, tiled, image_axis, channel, seed):
+    """Any (N, C, *tiled) block goes into the arrays' order and back unchanged; layouts NGFF
+    cannot hold keep the engine's order and say so."""
+    from napari_qlty.io.ngff import Dims, LogicalView
+
+    image_axis = image_axis if "t" not in tiled else "n"
+    dims = Dims.plan(n_images, tiled, image_axis=image_axis, channel=channel)
+    space = [a for a in tiled if a != "t"]
+    assert dims.ome == (1 <= len(space) <= 3 and len(dims.names) <= 5)
+    if dims.ome:
+        types = [t for t in dims.types]
+        assert types[-len([t for t in types if t == "space"]):] == ["space"] * types.count("space")
+        assert "time" not in types or types[0] == "time"
+    rng = np.random.default_rng(seed)
+    logical = rng.integers(0, 100, size=(n_images, 2 if channel else 1, *rng.integers(1, 4, size=len(tiled))))
+    stored = dims.to_array(logical, logical.ndim)
+    assert stored.shape == dims.shape(logical.shape)
+    np.testing.assert_array_equal(dims.to_logical(stored, logical.ndim), logical)
+    view = LogicalView(stored, dims, logical.ndim)
+    np.testing.assert_array_equal(view[...], logical)
+    np.testing.assert_array_equal(view[n_images - 1, 0], logical[n_images - 1, 0])
