@@ -115,7 +115,8 @@ def open_store(path: Path, shape, chunks, region, levels, dtype):
         "levels": levels_layout(shape, chunks, factors, (LEVEL_CHUNK_FLOOR[nd],) * nd),
         "scale": [1.0] * nd, "translation": [0.0] * nd, "units": [None] * nd, "classes": ["background", "object"],
     })
-    return OutputStore.open_for_run(path, {"benchmark": list(shape), "levels": levels}, layout, overwrite=True)
+    params = {"benchmark": list(shape), "levels": levels, "postprocess": "softmax"}  # the values are probabilities
+    return OutputStore.open_for_run(path, params, layout, overwrite=True)
 
 
 # -- 2. first view ----------------------------------------------------------------------------

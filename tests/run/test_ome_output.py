@@ -377,3 +377,17 @@ def test_dims_round_trip_every_layout(n_images, tiled, image_axis, channel, seed
     view = LogicalView(stored, dims, logical.ndim)
     np.testing.assert_array_equal(view[...], logical)
     np.testing.assert_array_equal(view[n_images - 1, 0], logical[n_images - 1, 0])
+
+
+def test_reader_of_raw_outputs_takes_contrast_from_the_coarsest_level(tmp_path):
+    from napari_qlty._napari import reader
+
+    x = volume("int16", shape=(1, 1, 20, 24, 16))
+    out = tmp_path / "raw.zarr"
+    predict(conv(c_out=1), x, Grid(x.shape[2:], 8, 6), out, device="cpu", levels=2)  # logits, no softmax
+    (data, kwargs, kind), _ = reader.read_zarr(str(out))
+    coarse = np.asarray(data[-1])
+    assert kind == "image" and kwargs["multiscale"] and len(data) == 2 and data[0].shape == (20, 24, 16)
+    lo, hi = kwargs["contrast_limits"]
+    assert coarse.min() <= lo < hi <= coarse.max()
+    np.testing.assert_allclose(coarse, Prediction(out).probabilities(1)[0, 0])

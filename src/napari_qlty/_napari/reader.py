@@ -150,9 +150,10 @@ def _bounded(store) -> bool:
 
 
 def _limits(level) -> tuple[float, float]:
-    """Contrast limits from a strided sample of a (coarse) level."""
-    stride = tuple(max(1, s // 64) for s in level.shape)
-    sample = np.asarray(level[tuple(slice(None, None, s) for s in stride)], dtype=np.float64)
+    """Contrast limits from the middle plane of a (coarse) level, where the first view
+    looks (only that plane's chunks are read)."""
+    key = tuple(s // 2 for s in level.shape[:-2]) + tuple(slice(None, None, max(1, s // 256)) for s in level.shape[-2:])
+    sample = np.asarray(level[key], dtype=np.float64)
     lo, hi = float(np.nanmin(sample)), float(np.nanmax(sample))
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
