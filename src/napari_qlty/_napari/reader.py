@@ -122,7 +122,7 @@ def _prediction(path: str, name: str) -> list[tuple]:
         limits = (0.0, 1.0) if _bounded(store) else _limits(levels[-1])
         channels = layout["channels"]
         if channels == 1:
-            levels = [level.take(0, axis=c) for level in levels]
+            levels = [level[(slice(None),) * c + (0,)] for level in levels]
             layers.append((_one(levels), {**kwargs, "name": f"{name} · P", "contrast_limits": limits}, "image"))
         else:
             names = class_names(layout)
