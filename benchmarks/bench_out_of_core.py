@@ -118,6 +118,7 @@ print(done / (time.perf_counter() - t0), q.N_chunks)
 
 OURS_SAME = """
 import sys, time, numpy as np, torch
+from napari_qlty.io.prediction import Prediction
 from napari_qlty import Grid, Weighting
 from napari_qlty import predict
 z, y, x, w, s = map(int, sys.argv[2:7])
@@ -145,8 +146,8 @@ kw = dict(weighting=Weighting("border", 0.0), device="cpu", memory_budget="2GiB"
 predict(ModelSpec(model), src, grid, out + "/local.zarr", **kw)
 with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as c, Client(c) as client:
     predict(ModelSpec(model), src, grid, out + "/cluster.zarr", scheduler=client, **kw)
-a = zarr.open_group(out + "/local.zarr")["probabilities"][...]
-b = zarr.open_group(out + "/cluster.zarr")["probabilities"][...]
+a = Prediction(out + "/local.zarr").probabilities()[...]
+b = Prediction(out + "/cluster.zarr").probabilities()[...]
 print("identical" if np.array_equal(a, b) else f"DIFFERENT max {np.abs(a - b).max()}")
 """
 

@@ -13,7 +13,7 @@ import zarr
 from napari_qlty import Grid, Weighting, clean_pairs, infer
 from napari_qlty.cli import main
 from napari_qlty.io.pairs_store import PairsDataset, export_pairs, read_statistics
-from napari_qlty.io.prediction import StoreError
+from napari_qlty.io.prediction import Prediction, StoreError
 
 
 @pytest.fixture
@@ -91,8 +91,8 @@ def test_predict_cli_matches_engine_and_resumes(files, capsys):
     assert main(args) == 0
     expected = infer(model, torch.from_numpy(image)[None, None], Grid(image.shape, 16, 12, 2),
                      Weighting("border", 0.0))
-    got = zarr.open_group(str(out))
-    np.testing.assert_allclose(got["probabilities"][...], expected.numpy(), rtol=1e-5, atol=1e-5)
+    got = Prediction(out)
+    np.testing.assert_allclose(got.probabilities()[...], expected.numpy(), rtol=1e-5, atol=1e-5)
     assert main(args) == 0
     assert "already complete" in capsys.readouterr().out
 
@@ -107,7 +107,7 @@ def test_predict_cli_speed_flags_run_and_are_kept_for_a_resume(files, capsys):
 
     expected = infer(model, torch.from_numpy(image)[None, None], Grid(image.shape, 16, 12, 2),
                      speed=Speed("bfloat16", channels_last=True))
-    np.testing.assert_allclose(zarr.open_group(str(out))["probabilities"][...], expected.numpy(),
+    np.testing.assert_allclose(Prediction(out).probabilities()[...], expected.numpy(),
                                rtol=1e-5, atol=1e-5)
     capsys.readouterr()
     assert main(args) == 2  # the same output without the flags: another run, refused

@@ -12,6 +12,7 @@ from napari_qlty.cli import main
 from napari_qlty.core.intensity import Normalisation
 from napari_qlty.models import ModelSpec, load_model
 from napari_qlty.models.bioimageio import load_package, package_grid, read_package
+from napari_qlty.io.prediction import Prediction
 
 
 def test_predict_with_a_package_takes_its_window_and_border(tmp_path, capsys):
@@ -34,7 +35,7 @@ def test_predict_with_a_package_takes_its_window_and_border(tmp_path, capsys):
     grid = package_grid(package, image.shape, window=24)
     expected = infer(load_package(package_path, accept_code=True), image[None, None], grid,
                      Weighting("border", 0.0))
-    got = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
+    got = Prediction(tmp_path / "out.zarr").probabilities()[...]
     np.testing.assert_array_equal(got, expected.numpy())  # the halo has no weight by default
 
 
@@ -64,6 +65,6 @@ def test_export_model_then_predict_with_the_package(tmp_path, capsys):
     assert grid.window == (32, 32) and grid.border == (10, 10) == tuple(dict(package.output.halo).values())
     assert package.classes == ("background", "cell")
     expected = infer(load_model(ModelSpec(str(checkpoint))), image[None, None], grid, Weighting("border", 0.0))
-    got = zarr.open_group(str(tmp_path / "out.zarr"))
-    np.testing.assert_array_equal(got["probabilities"][...], expected.softmax(1).numpy())
-    np.testing.assert_array_equal(got["labels"][...], expected.argmax(1).numpy().astype(np.uint8))
+    got = Prediction(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(got.probabilities()[...], expected.softmax(1).numpy())
+    np.testing.assert_array_equal(got.labels()[...], expected.argmax(1).numpy().astype(np.uint8))

@@ -10,6 +10,7 @@ import zarr
 from PIL import Image
 
 from napari_qlty import Grid
+from napari_qlty.io.prediction import Prediction
 from napari_qlty.demo import DEMO_SHAPE, figure2, main, paper_grid_note, parse_args
 from napari_qlty.models import load_model
 from napari_qlty.models.checkpoints import checkpoint_recipe
@@ -39,8 +40,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     # what it wrote
     pairs = zarr.open_group(str(out / "pairs.zarr"), mode="r")
     assert pairs["images"].shape[2:] == (32, 64, 64)  # the training window, clipped to the volume
-    prediction = zarr.open_group(str(out / "prediction.zarr"), mode="r")
-    probabilities = np.asarray(prediction["probabilities"])
+    probabilities = Prediction(out / "prediction.zarr").probabilities()[...]
     assert probabilities.shape == (1, 2, 32, 64, 64)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
     for name in ("unet", "msdnet", "ensemble"):

@@ -15,6 +15,7 @@ import textwrap
 import numpy as np
 import torch
 import zarr
+from napari_qlty.io.prediction import Prediction
 
 GUI_PACKAGES = ("napari", "magicgui", "npe2", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "vispy", "superqt")
 
@@ -66,8 +67,8 @@ def test_cli_and_cluster_run_without_qt(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no gui imported" in done.stdout
-    local = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["probabilities"][...]
-    clustered = zarr.open_group(str(tmp_path / "clustered.zarr"), mode="r")["probabilities"][...]
+    local = Prediction(tmp_path / "out.zarr").probabilities()[...]
+    clustered = Prediction(tmp_path / "clustered.zarr").probabilities()[...]
     with torch.no_grad():  # border 2 covers the conv's reach of 1: tiled equals untiled
         expected = net(torch.from_numpy(image)[None, None]).numpy()
     np.testing.assert_allclose(local, expected, rtol=1e-5, atol=1e-4)

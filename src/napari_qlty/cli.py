@@ -7,6 +7,7 @@ nothing the run did not create is ever replaced.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -27,7 +28,8 @@ from .io.sources import open_source
 #: the flags that fix what the engine's messages call a parameter
 FLAGS = {"window": "--window", "step": "--step", "border": "--border", "border_weight": "--border-weight",
          "ignore_label": "--ignore-label", "min_labelled": "--min-labelled", "batch_size": "--batch-size",
-         "threshold": "--threshold", "chunks": "--chunks"}
+         "threshold": "--threshold", "chunks": "--chunks", "levels": "--levels", "downscale": "--downscale",
+         "scale": "--scale", "translation": "--translation", "units": "--units", "level": "--level"}
 
 
 def int_or_tuple(text: str) -> int | tuple[int, ...]:
@@ -38,9 +40,20 @@ def int_or_tuple(text: str) -> int | tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(e).removeprefix("value: ")) from None
 
 
+def floats(text: str) -> tuple[float, ...]:
+    """'0.5' or '2,0.5,0.5'."""
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give numbers separated by commas, got {text!r}") from None
+
+
 def add_input_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input")
     g.add_argument("--axes", default=None, help="the input's axes, e.g. zyx, czyx or zyxc (default: from metadata)")
+    g.add_argument("--level", type=int, default=0,
+                   help="for a multiscale input (OME-Zarr, pyramidal TIFF): the level to run on, 0 the finest, "
+                        "-1 the coarsest (a quick preview)")
     g.add_argument("--each-time-point", action="store_true",
                    help="run every time point on its own (t becomes the image axis: a 3D model on a time-lapse)")
 
@@ -84,7 +97,7 @@ def normalisation_of(args) -> Normalisation | None:
 
 
 def open_input(path: str, args):
-    src = open_source(path, axes=args.axes)
+    src = open_source(path, axes=args.axes, level=args.level)
     return src.time_as_images() if args.each_time_point else src
 
 
@@ -185,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the model under autocast to bfloat16 or float16")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory for 2D/3D windows")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (a one-off compile first)")
+    g = p.add_argument_group("OME-Zarr output (a pyramid written as the run goes)")
+    g.add_argument("--levels", type=int, default=None,
+                   help="resolution levels (default: until the coarsest fits a screen; 1: no pyramid)")
+    g.add_argument("--downscale", type=int_or_tuple, default=None,
+                   help="factor per level along each tiled axis (default 2 along space, 1 along time)")
+    g.add_argument("--scale", type=floats, default=None,
+                   help="physical voxel size per tiled axis (default: the input's, else 1)")
+    g.add_argument("--translation", type=floats, default=None,
+                   help="physical position of the first voxel per tiled axis (default: the input's, else 0)")
+    g.add_argument("--units", default=None,
+                   help="unit of the tiled axes, one or one per axis: nanometer, micrometer, angstrom, ...")
+    g.add_argument("--classes", default=None,
+                   help="names of the label values, 'background,filament', or a napari-qlty labels store "
+                        "whose class names to use (default: the model's, if it carries them)")
 
     p = sub.add_parser("export-model", help="write a napari-qlty model as a bioimage.io package (.zip or folder)")
     p.add_argument("model", help="a napari-qlty checkpoint (Save model in the Train widget, or an ensemble)")
@@ -199,6 +226,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--halo", type=int_or_tuple, default=None, help="default: the network's reach, measured")
     p.add_argument("--overwrite", action="store_true", help="replace a package napari-qlty exported at OUTPUT")
     return parser
+
+
+def class_names_of(text: str | None) -> list[str] | None:
+    """``--classes``: names, or the class names of a labels store (its classes 1.. are
+    the model's outputs 0..)."""
+    if text is None:
+        return None
+    meta = labels_store.read_meta(text)
+    if meta is not None:
+        return [name for _, name in sorted(labels_store.stored_classes(meta).items())]
+    return labels_store.parse_class_names(text)
 
 
 def cmd_plan(args) -> int:
@@ -272,6 +310,9 @@ def cmd_predict(args) -> int:
         scheduler=args.scheduler, overwrite=args.overwrite,
         chunks=None if args.chunks is None else per_axis(args.chunks, grid.ndim, "--chunks"),
         speed=Speed(args.precision, args.channels_last, args.compile),
+        levels=args.levels, downscale=args.downscale, scale=args.scale, translation=args.translation,
+        units=None if args.units is None else (args.units.split(",") if "," in args.units else args.units),
+        classes=class_names_of(args.classes),
     ):
         if event.kind == "start":
             print(f"input  {src.describe()}")
@@ -299,9 +340,9 @@ def cmd_export_model(args) -> int:
 def in_flags(message: str) -> str:
     """An engine message in this interface's words: parameters as flags."""
     for name, flag in sorted(FLAGS.items(), key=lambda kv: -len(kv[0])):
-        message = message.replace(f"{name}[", f"{flag}[").replace(f"{name} along", f"{flag} along")
-        message = message.replace(f"{name}=", f"{flag} ").replace(f"{name} must", f"{flag} must")
-        message = message.replace(f"{name} has ", f"{flag} has ")
+        word = rf"(?<![\w-]){name}"  # a whole word: scale, not downscale
+        message = re.sub(word + r"(\[| along| must| has )", lambda m: flag + m.group(1), message)
+        message = re.sub(word + "=", flag + " ", message)
     return message
 
 

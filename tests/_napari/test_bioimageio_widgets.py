@@ -9,6 +9,7 @@ from package_builders import REACH, build_package
 
 from napari_qlty import Weighting, infer
 from napari_qlty.models.bioimageio import load_package, package_grid, read_package
+from napari_qlty.io.prediction import Prediction
 
 WORKER_TIMEOUT_MS = 60_000
 
@@ -53,7 +54,7 @@ def test_a_package_in_tiled_inference(viewer, sample_layers, tmp_path, qtbot):
     package = read_package(path)
     grid = package_grid(package, image.shape, window=(16, 20, 20), step=(12, 16, 16))
     expected = infer(load_package(path, accept_code=True), image[None, None], grid, Weighting("border", 0.0))
-    got = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
+    got = Prediction(tmp_path / "out.zarr").probabilities()[...]
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=1e-6)
 
 

@@ -11,6 +11,7 @@ import zarr
 
 import napari_qlty
 from napari_qlty._napari import reader, writer
+from napari_qlty.io.prediction import Prediction
 
 
 def test_manifest_is_valid_and_every_command_imports():
@@ -109,14 +110,20 @@ def test_reader_prediction_and_pairs_stores(tmp_path, tomogram):
     grid = Grid(image.shape, 16, 12, 2)
     net = torch.nn.Conv3d(1, 3, 1)
     out = tmp_path / "pred.zarr"
-    predict(net, image, grid, out, device="cpu", postprocess="softmax")
+    predict(net, image, grid, out, device="cpu", postprocess="softmax", levels=3, chunks=(8, 8, 8),
+            scale=(2.0, 0.5, 0.5), translation=(10.0, 0.0, 0.0))
     layers = reader.get_reader(str(out))(str(out))
     (probs, pkw, pkind), (labels, lkw, lkind) = layers
-    assert pkind == "image" and pkw["channel_axis"] == 0 and probs.shape == (3, *image.shape)
-    assert pkw["visible"] == [False, True, False]
-    assert lkind == "labels" and labels.shape == image.shape
-    stored = zarr.open_group(str(out), mode="r")
-    np.testing.assert_array_equal(labels.compute(), stored["labels"][0])
+    assert pkind == "image" and pkw["channel_axis"] == 0 and pkw["multiscale"] and len(probs) == 3
+    assert probs[0].shape == (3, *image.shape)
+    assert probs[2].shape == (3, *(-(-s // 4) for s in image.shape))  # ceil: nothing lost at the edge
+    assert pkw["visible"] == [False, True, False] and pkw["scale"] == (2.0, 0.5, 0.5)
+    assert pkw["translate"] == (10.0, 0.0, 0.0)
+    assert lkind == "labels" and lkw["multiscale"] and labels[0].shape == image.shape
+    assert lkw["scale"] == pkw["scale"]
+    stored = Prediction(out)
+    np.testing.assert_array_equal(labels[0].compute(), stored.labels()[0])
+    np.testing.assert_array_equal(labels[1].compute(), stored.labels(1)[0])
 
     pairs = tmp_path / "pairs.zarr"
     sparse = torch.from_numpy(tomogram.annotations.astype(np.int64))[None]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from napari_qlty.io.prediction import Prediction
 from napari_qlty import Grid, Weighting, infer
 from napari_qlty.core.intensity import Normalisation
 from napari_qlty.io.locks import LOCK_NAME
@@ -154,7 +155,7 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
         inference.run()
         wait_idle(qtbot, inference)
         assert inference.outcome == "done", inference.status.value
-        got = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
+        got = Prediction(tmp_path / "out.zarr").probabilities()[...]
         net = train.model
         normalised = Normalisation("percentile").fit(counts[None, None]).apply(torch.from_numpy(counts.astype(np.float32))[None, None])
         with torch.no_grad():
@@ -168,7 +169,7 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
         assert main(["predict", str(tmp_path / "counts.zarr"), str(tmp_path / "cli.zarr"), "--model",
                      str(tmp_path / "model.pt"), "--window", "32", "--step", "16", "--border", "8",
                      "--border-weight", "0", "--postprocess", "softmax", "--device", "cpu"]) == 0
-        cli = zarr.open_group(str(tmp_path / "cli.zarr"))["probabilities"][...]
+        cli = Prediction(tmp_path / "cli.zarr").probabilities()[...]
         np.testing.assert_allclose(cli, got, atol=1e-5)
     finally:
         unregister_model("u16 model")
@@ -215,7 +216,7 @@ def test_time_lapse_runs_each_time_point_with_a_3d_model(viewer, layers, qtbot, 
         data = layers["4d"].data
         with torch.no_grad():
             expected = torch.softmax(net(torch.from_numpy(data.astype(np.float32))[:, None]), 1).numpy()
-        got = zarr.open_group(str(tmp_path / "t.zarr"))["probabilities"][...]
+        got = Prediction(tmp_path / "t.zarr").probabilities()[...]
         np.testing.assert_allclose(got, expected, atol=1e-5)  # (t, classes, z, y, x)
         assert w.probability_layer.data.shape == data.shape  # shown with the time axis
     finally:
@@ -242,7 +243,7 @@ def test_rgb_channel_last_images_run_as_channels(viewer, layers, qtbot, tmp_path
         rgb = layers["rgb"].data
         expected = infer(net, torch.from_numpy(np.moveaxis(rgb, -1, 0).copy())[None], Grid(rgb.shape[:2], 16, 12, 2),
                          Weighting("border", 0.0), postprocess=lambda y: y.softmax(1)).numpy()
-        np.testing.assert_allclose(zarr.open_group(str(tmp_path / "rgb.zarr"))["probabilities"][...], expected,
+        np.testing.assert_allclose(Prediction(tmp_path / "rgb.zarr").probabilities()[...], expected,
                                    atol=1e-5)
         # a one-channel model on it: the reason, in the image's terms
         register_model("gray conv", Conv(2, c_in=1).eval())
@@ -378,7 +379,7 @@ def test_real_images_in_the_inference_widget(viewer, qtbot, tmp_path, name):
         fitted = Normalisation("percentile").fit(stack)
         with torch.no_grad():
             expected = torch.softmax(net(fitted.apply(torch.from_numpy(stack.astype(np.float32)))), 1).numpy()
-        got = zarr.open_group(str(tmp_path / "real.zarr"))["probabilities"][...]
+        got = Prediction(tmp_path / "real.zarr").probabilities()[...]
         np.testing.assert_allclose(got, expected, atol=1e-5)
         assert w.probability_layer.data.shape == array.shape
     finally:

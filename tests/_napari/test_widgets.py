@@ -9,6 +9,7 @@ import pytest
 import torch
 import zarr
 
+from napari_qlty.io.prediction import Prediction
 from napari_qlty import Grid, Weighting, infer
 from napari_qlty.core.pairs import clean_pairs, select_windows
 from napari_qlty.io.pairs_store import read_statistics
@@ -333,7 +334,7 @@ def test_inference_streams_and_matches_infer(viewer, sample_layers, tiny_model_f
     grid = Grid(SHAPE, 16, 12, 2)
     expected = _expected(model, image, grid, Weighting("hann", border_weight=0.5))
 
-    probs = zarr.open_group(str(out), mode="r")["probabilities"][...]
+    probs = Prediction(out).probabilities()[...]
     np.testing.assert_allclose(probs[0], expected, atol=1e-5)
     layer = widget.probability_layer
     assert layer is not None and layer in viewer.layers
@@ -388,7 +389,7 @@ def test_inference_cancel_resume_with_registered_model(viewer, sample_layers, tm
         wait_idle(qtbot, widget)
         assert widget.outcome == "cancelled", widget.status.value
         assert "resume" in widget.status.value
-        finished = int(zarr.open_group(str(out), mode="r")["progress"][...].sum())
+        finished = int(zarr.open_group(str(out), mode="r")["napari_qlty/progress"][...].sum())
         total = widget.last_event.regions_total
         assert 0 < finished < total
 
@@ -400,10 +401,49 @@ def test_inference_cancel_resume_with_registered_model(viewer, sample_layers, tm
         grid = Grid(SHAPE, 16, 12, 2)
         expected = _expected(net.eval(), image, grid, Weighting("hann", border_weight=0.5))
         np.testing.assert_allclose(
-            zarr.open_group(str(out), mode="r")["probabilities"][0], expected, atol=1e-5
+            Prediction(out).probabilities()[0], expected, atol=1e-5
         )
         np.testing.assert_allclose(np.asarray(widget.probability_layer.data[...]), expected[1], atol=1e-5)
         assert len([layer for layer in viewer.layers if "P(class" in layer.name]) == 1  # reused
     finally:
         unregister_model("tiny (slow)")
     assert widget.model_combo.choices == (MODEL_FILE,)
+
+
+def test_inference_at_a_coarse_level_streams_a_pyramid(viewer, sample_layers, tiny_model_file, tmp_path, qtbot):
+    """A multiscale image run at its level 1 (a quick preview): the result has that
+    level's scale and is itself a pyramid, shown as multiscale layers while it fills in."""
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+
+    image, _ = sample_layers
+    model_path, model = tiny_model_file
+    coarse = image[::2, ::2, ::2].copy()
+    layer = viewer.add_image([image, coarse], name="pyramid", multiscale=True, scale=(2.0, 1.0, 1.0),
+                             translate=(5.0, 0.0, 0.0))
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.image_combo.value = layer
+    assert not widget.level_combo.native.isHidden() and len(widget.level_combo.choices) == 2
+    widget.level_combo.value = 1
+    widget.model_path.value = model_path
+    out = tmp_path / "preview.zarr"
+    _set_inference_fields(widget, out)
+    widget.chunks_edit.value = "8"
+    widget.region_edit.value = "8"
+    widget.levels_edit.value = "2"
+    widget.run()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "done", widget.status.value
+
+    expected = _expected(model, coarse, Grid(coarse.shape, 16, 12, 2), Weighting("hann", border_weight=0.5))
+    store = Prediction(out)
+    np.testing.assert_allclose(store.probabilities()[0], expected, atol=1e-5)
+    assert store.scale(0) == (4.0, 2.0, 2.0)  # the layer's scale times the level's factor
+    assert store.translation(0) == (6.0, 0.5, 0.5)  # a coarse voxel sits at its block's centre
+    shown = widget.probability_layer
+    assert shown.multiscale and len(shown.data) == 2
+    assert tuple(shown.scale) == (4.0, 2.0, 2.0) and tuple(shown.translate) == (6.0, 0.5, 0.5)
+    np.testing.assert_allclose(np.asarray(shown.data[0][...]), expected[1], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(shown.data[1][...]), store.probabilities(1)[0, 1], atol=1e-7)
+    assert widget.labels_layer.multiscale
+    np.testing.assert_array_equal(np.asarray(widget.labels_layer.data[0][...]), expected.argmax(0))

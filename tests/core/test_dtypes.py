@@ -15,6 +15,7 @@ from engine_testing import fast, grid_specs
 from hypothesis import given
 from hypothesis import strategies as st
 
+from napari_qlty.io.prediction import Prediction
 from napari_qlty import Grid, Weighting, extract, infer, predict
 from napari_qlty.core.intensity import Normalisation
 from napari_qlty.io.pairs_store import PairsDataset, export_pairs
@@ -95,7 +96,7 @@ def test_predict_from_a_zarr_store_in_its_own_dtype(tmp_path, dtype):
             device="cpu", region=(7, 11, 10), chunks=(7, 11, 10))
     with torch.no_grad():
         whole = net(torch.from_numpy(x).float()).numpy()
-    got = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
+    got = Prediction(tmp_path / "out.zarr").probabilities()[...]
     np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5 * float(np.abs(whole).max()))
 
 

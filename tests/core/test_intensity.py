@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from napari_qlty import Grid, Weighting, infer, iter_predict, predict
 from napari_qlty.core.intensity import Fitted, Normalisation, measure
-from napari_qlty.io.prediction import read_meta
+from napari_qlty.io.prediction import Prediction, read_meta
 
 INTEGERS = ["uint8", "int8", "uint16", "int16", "bool"]
 
@@ -131,7 +131,7 @@ def test_statistics_are_kept_with_the_prediction_and_reused_on_resume(tmp_path):
     assert not calls  # the resume took the store's statistics
     fitted = Fitted.from_json(stored)
     expected = infer(net, x, grid, Weighting("border", 0.0), normalise=fitted).numpy()
-    np.testing.assert_allclose(zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...], expected,
+    np.testing.assert_allclose(Prediction(tmp_path / "out.zarr").probabilities()[...], expected,
                                rtol=1e-5, atol=1e-5)
 
 
@@ -139,6 +139,6 @@ def test_float16_store_saturates_and_says_so(tmp_path):
     x = np.full((1, 1, 8, 8, 8), 3.0e4, np.float32)
     grid = Grid(x.shape[2:], 8, 8)
     event = predict(lambda b: b * 4, x, grid, tmp_path / "h.zarr", dtype="float16", device="cpu", labels=False)
-    got = zarr.open_group(str(tmp_path / "h.zarr"))["probabilities"][...]
+    got = Prediction(tmp_path / "h.zarr").probabilities()[...]
     assert np.isfinite(got).all() and float(got.max()) == 65504.0
     assert "512 values beyond float16's range were saturated" in event.message

@@ -12,6 +12,7 @@ import torch
 import zarr
 from real_images import catalogue
 
+from napari_qlty.io.prediction import Prediction
 from napari_qlty import Grid, Weighting, infer, open_source
 from napari_qlty.cli import main
 from napari_qlty.core.intensity import Normalisation
@@ -73,7 +74,7 @@ def test_real_image_through_the_cli_equals_the_untiled_model(tmp_path, name, nor
     if each_time_point:
         argv.append("--each-time-point")
     assert main(argv) == 0
-    got = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
+    got = Prediction(tmp_path / "out.zarr").probabilities()[...]
     whole = torch.from_numpy(np.asarray(src[...]).astype(np.float32))
     whole = Normalisation(normalise).fit(src).apply(whole)
     with torch.no_grad():

@@ -26,6 +26,7 @@ from napari_qlty.core.intensity import Normalisation
 from napari_qlty.core.processing import Processing, Step, normalisation_as_steps
 from napari_qlty.io.formats import StoreError
 from napari_qlty.models import ModelLoadError, ModelSpec, load_model, model_kind
+from napari_qlty.io.prediction import Prediction
 from napari_qlty.models.bioimageio import (
     PackageSpec,
     export_package,
@@ -175,11 +176,9 @@ def test_postprocessing_runs_on_the_blended_output_in_and_out_of_core(tmp_path):
     event = predict(PackageSpec(str(path)), x, grid, tmp_path / "out.zarr", weighting=Weighting("border", 0.0),
                     device="cpu", region=(32, 32), chunks=(16, 16), threshold=0.5, axes="ncyx")
     assert event.kind == "done"
-    import zarr
-
-    store = zarr.open_group(str(tmp_path / "out.zarr"))
-    np.testing.assert_array_equal(store["probabilities"][...], got.numpy())
-    np.testing.assert_array_equal(store["labels"][...], got.numpy()[:, 0].astype(np.uint8))  # probabilities already
+    store = Prediction(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(store.probabilities()[...], got.numpy())
+    np.testing.assert_array_equal(store.labels()[...], got.numpy()[:, 0].astype(np.uint8))  # probabilities already
 
 
 def test_a_package_run_resumes_with_its_statistics(tmp_path):
@@ -208,7 +207,7 @@ def test_a_package_run_resumes_with_its_statistics(tmp_path):
     import zarr
 
     expected = infer(load_package(path), x, grid, Weighting("border", 0.0)).numpy()
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...], expected)
+    np.testing.assert_array_equal(Prediction(tmp_path / "out.zarr").probabilities()[...], expected)
 
 
 # -- the window and the border ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ import zarr
 
 from napari_qlty import Grid, Speed, Weighting, extract, infer, predict, stitch
 from napari_qlty.models.batching import remembered_batch_size, run_with_oom_backoff
+from napari_qlty.io.prediction import Prediction
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -131,8 +132,8 @@ def test_predict_on_cuda_killed_while_writing_resumes_to_the_same_bytes(tmp_path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     predict(ModelSpec(str(model_path)), str(tmp_path / "in.zarr"), grid, progress, **kwargs)
-    a = zarr.open_group(str(tmp_path / "whole.zarr"))["probabilities"][...]
-    b = zarr.open_group(str(progress))["probabilities"][...]
+    a = Prediction(tmp_path / "whole.zarr").probabilities()[...]
+    b = Prediction(progress).probabilities()[...]
     np.testing.assert_array_equal(a, b)
 
 

@@ -23,7 +23,14 @@ from napari_qlty.models import ModelSpec
 from napari_qlty import iter_predict, predict
 from napari_qlty.run.regions import Regions, plan_region_size, region_cost
 from napari_qlty.io import labels_store
-from napari_qlty.io.prediction import StoreError, read_meta
+from napari_qlty.io.prediction import Prediction, StoreError, read_meta
+
+
+def all_levels(path) -> dict:
+    """Every array of a prediction's pyramids, by path."""
+    store = Prediction(path)
+    return {store.array_path(kind, level): store.array(kind, level)[...]
+            for kind in ("probabilities", "labels") if store.layout[kind] for level in range(store.levels)}
 
 
 def conv_model(c_in=1, c_out=2, ndim=3, seed=0):
@@ -57,11 +64,11 @@ def test_predict_equals_in_memory(tmp_path, volume, region, weighting):
                                region=region, chunks=(16, 16, 16)))
     assert events[-1].kind == "done"
     expected = infer(model, torch.from_numpy(x), grid, weighting).numpy()
-    got = zarr.open_group(str(out), mode="r")
-    np.testing.assert_allclose(got["probabilities"][...], expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(got["labels"][...], expected.argmax(1).astype(np.uint8))
+    got = Prediction(out)
+    np.testing.assert_allclose(got.probabilities()[...], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got.labels()[...], expected.argmax(1).astype(np.uint8))
     assert read_meta(out)["complete"] is True
-    assert not (out / "spills").exists() or not any((out / "spills").iterdir())
+    assert not (out / "napari_qlty" / "spills").exists()
     # every window ran once
     assert events[-1].windows_done == len(grid)
 
@@ -85,8 +92,8 @@ def test_threads_equal_sequential(tmp_path, volume):
     kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", chunks=(8, 8, 8), region=(8, 8, 8))
     predict(model, src, grid, tmp_path / "a.zarr", **kwargs)
     predict(model, src, grid, tmp_path / "b.zarr", workers=2, **kwargs)
-    a = zarr.open_group(str(tmp_path / "a.zarr"))["probabilities"][...]
-    b = zarr.open_group(str(tmp_path / "b.zarr"))["probabilities"][...]
+    a = Prediction(tmp_path / "a.zarr").probabilities()[...]
+    b = Prediction(tmp_path / "b.zarr").probabilities()[...]
     np.testing.assert_array_equal(a, b)
 
 
@@ -175,7 +182,7 @@ KILL_SCRIPT = textwrap.dedent(
     src, model, out, slow = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
     grid = Grid((37, 45, 29), window=12, step=8, border=2)
     for event in iter_predict(ModelSpec(model), src, grid, out, weighting=Weighting("border", 0.0),
-                              device="cpu", chunks=(8, 8, 8), region=(8, 8, 8)):
+                              device="cpu", chunks=(8, 8, 8), region=(8, 8, 8), levels=2):
         print(event.kind, event.regions_done, event.regions_total, flush=True)
         time.sleep(slow)
     """
@@ -210,9 +217,10 @@ def test_resume_after_kill_9_is_identical(tmp_path, volume):
                           check=True, env=env, capture_output=True, text=True)
     first = done.stdout.splitlines()[0].split()
     assert first[0] == "start" and int(first[1]) >= 6  # finished regions were skipped
-    a = zarr.open_group(str(ref))["probabilities"][...]
-    b = zarr.open_group(str(out))["probabilities"][...]
-    np.testing.assert_array_equal(a, b)
+    a, b = all_levels(ref), all_levels(out)
+    assert len(a) == 4 and a.keys() == b.keys()  # probabilities and labels, 2 levels each
+    for key in a:  # the pyramid too, byte for byte
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_distributed_cluster_equals_local(tmp_path, volume):
@@ -221,7 +229,7 @@ def test_distributed_cluster_equals_local(tmp_path, volume):
     model_path = tmp_path / "model.pt"
     torch.jit.script(conv_model()).save(str(model_path))
     grid = Grid(x.shape[2:], window=12, step=8, border=2)
-    kwargs = dict(weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8), region=(16, 16, 16))
+    kwargs = dict(weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8), region=(16, 16, 16), levels=2)
     # dask's worker processes run torch on one thread; a conv on two threads may round
     # differently, so the local reference uses one thread too: the stitching itself is exact
     threads = torch.get_num_threads()
@@ -234,9 +242,10 @@ def test_distributed_cluster_equals_local(tmp_path, volume):
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         predict(ModelSpec(str(model_path)), str(tmp_path / "in.zarr"), grid, tmp_path / "cluster.zarr",
                 scheduler=client, **kwargs)
-    a = zarr.open_group(str(tmp_path / "local.zarr"))["probabilities"][...]
-    b = zarr.open_group(str(tmp_path / "cluster.zarr"))["probabilities"][...]
-    np.testing.assert_array_equal(a, b)
+    a, b = all_levels(tmp_path / "local.zarr"), all_levels(tmp_path / "cluster.zarr")
+    assert len(a) == 4 and a.keys() == b.keys()
+    for key in a:  # every level of both pyramids
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_plan_region_size_respects_budget():
@@ -264,8 +273,8 @@ def test_out_of_memory_halves_the_batch(tmp_path, volume):
     kwargs = dict(weighting=Weighting("border", 0.0), device="cpu", batch_size=4)
     predict(Picky(), src, grid, tmp_path / "picky.zarr", **kwargs)
     predict(conv, src, grid, tmp_path / "plain.zarr", **kwargs)
-    a = zarr.open_group(str(tmp_path / "picky.zarr"))["probabilities"][...]
-    b = zarr.open_group(str(tmp_path / "plain.zarr"))["probabilities"][...]
+    a = Prediction(tmp_path / "picky.zarr").probabilities()[...]
+    b = Prediction(tmp_path / "plain.zarr").probabilities()[...]
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
@@ -289,7 +298,7 @@ def test_region_cap_and_cancel_then_resume(tmp_path, volume):
     # the region being written when the run stopped is finished and reported too
     assert 3 <= len(regions_seen) <= 4 and events[0].regions_done == len(regions_seen)
     expected = infer(model, torch.from_numpy(x), grid, Weighting("border", 0.0)).numpy()
-    np.testing.assert_allclose(zarr.open_group(str(out))["probabilities"][...], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(Prediction(out).probabilities()[...], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_retrained_module_is_not_resumed_into(tmp_path, volume):
@@ -331,7 +340,7 @@ def test_predict_leaves_a_training_mode_batchnorm_model_unchanged(tmp_path, volu
         assert torch.equal(v, before[k]), k
     assert model_fingerprint(net) == fingerprint
     expected = infer(net.eval(), torch.from_numpy(x), grid).numpy()
-    np.testing.assert_allclose(zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...], expected,
+    np.testing.assert_allclose(Prediction(tmp_path / "out.zarr").probabilities()[...], expected,
                                rtol=1e-5, atol=1e-5)
 
 
@@ -358,19 +367,19 @@ def test_one_channel_models_get_labels_by_threshold(tmp_path, volume):
     grid = Grid(x.shape[2:], window=12, step=8, border=2)
     one = conv_model(c_out=1)
     predict(one, src, grid, tmp_path / "raw.zarr", weighting=Weighting("border", 0.0), device="cpu")
-    raw = zarr.open_group(str(tmp_path / "raw.zarr"))
-    logits = raw["probabilities"][...]
+    raw = Prediction(tmp_path / "raw.zarr")
+    logits = raw.probabilities()[...]
     np.testing.assert_allclose(logits, infer(one, torch.from_numpy(x), grid, Weighting("border", 0.0)).numpy(),
                                rtol=1e-5, atol=1e-5)
-    labels = raw["labels"][...]
+    labels = raw.labels()[...]
     # the rule is sigmoid >= 0.5 in float32 (a logit of -1e-9 rounds to 0.5: labelled)
     np.testing.assert_array_equal(labels, (torch.sigmoid(torch.from_numpy(logits[:, 0])) >= 0.5).numpy())
     assert np.mean(labels == (logits[:, 0] >= 0)) > 0.999
     assert 0 < labels.mean() < 1
     predict(one, src, grid, tmp_path / "p.zarr", weighting=Weighting("border", 0.0), device="cpu",
             postprocess="sigmoid", threshold=0.8)
-    probs = zarr.open_group(str(tmp_path / "p.zarr"))["probabilities"][...]
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "p.zarr"))["labels"][...],
+    probs = Prediction(tmp_path / "p.zarr").probabilities()[...]
+    np.testing.assert_array_equal(Prediction(tmp_path / "p.zarr").labels()[...],
                                   (probs[:, 0] >= 0.8).astype(np.uint8))
     with pytest.raises(ValueError, match="one output channel, whose softmax is always 1"):
         predict(one, src, grid, tmp_path / "s.zarr", device="cpu", postprocess="softmax")
@@ -408,8 +417,8 @@ def test_a_model_failing_mid_run_leaves_the_regions_written_so_far_and_resumes(t
     events = list(iter_predict(flaky, src, grid, tmp_path / "out.zarr", **kwargs))
     assert events[0].regions_done == len(seen) > 0
     predict(flaky, src, grid, tmp_path / "whole.zarr", **kwargs)
-    a = zarr.open_group(str(tmp_path / "whole.zarr"))["probabilities"][...]
-    b = zarr.open_group(str(tmp_path / "out.zarr"))["probabilities"][...]
+    a = Prediction(tmp_path / "whole.zarr").probabilities()[...]
+    b = Prediction(tmp_path / "out.zarr").probabilities()[...]
     np.testing.assert_array_equal(a, b)
 
 
@@ -424,7 +433,7 @@ def test_the_view_runs_first_and_the_result_is_the_same_in_any_order(tmp_path, v
     model = conv_model()
     kwargs = dict(weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8), region=(8, 8, 8))
     predict(model, src, grid, tmp_path / "c.zarr", **kwargs)
-    reference = zarr.open_group(str(tmp_path / "c.zarr"))["probabilities"][...]
+    reference = Prediction(tmp_path / "c.zarr").probabilities()[...]
 
     views = [View((24, 30, 20), (30, 37, 29)), View((0, 0, 0), (5, 5, 5))]
     first, order = [], []
@@ -435,7 +444,7 @@ def test_the_view_runs_first_and_the_result_is_the_same_in_any_order(tmp_path, v
     in_view = {(0, *r) for r in itertools.product(range(3, 4), range(3, 5), range(2, 4))}
     assert in_view <= set(done) and len(done) < events[-1].regions_total
     assert read_meta(tmp_path / "v.zarr")["complete"] is False
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "v.zarr"))["probabilities"][:, :, 24:30, 30:37, 20:29],
+    np.testing.assert_array_equal(Prediction(tmp_path / "v.zarr").probabilities()[:, :, 24:30, 30:37, 20:29],
                                   reference[:, :, 24:30, 30:37, 20:29])
 
     def moving():  # the user looks elsewhere after two regions
@@ -447,7 +456,7 @@ def test_the_view_runs_first_and_the_result_is_the_same_in_any_order(tmp_path, v
             first.append(event.region)
     assert (0, 0, 0, 0) in order[:6]
     assert events[-1].regions_done + len(order) == events[-1].regions_total
-    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "v.zarr"))["probabilities"][...], reference)
+    np.testing.assert_array_equal(Prediction(tmp_path / "v.zarr").probabilities()[...], reference)
     assert read_meta(tmp_path / "v.zarr")["complete"] is True
 
     with pytest.raises(ValueError, match="use workers=1 and no scheduler with view"):

@@ -13,6 +13,7 @@ from engine_testing import fast
 from hypothesis import given
 from hypothesis import strategies as st
 
+from napari_qlty.io.prediction import Prediction
 from napari_qlty import Grid, Weighting, clean_pairs, infer
 from napari_qlty.io.pairs_store import PairsDataset, export_pairs
 from napari_qlty.models import ModelSpec, load_model
@@ -362,7 +363,7 @@ def test_batchnorm_checkpoint_reloads_and_predicts(tmp_path):
     import zarr
 
     expected = infer(result.model, x, grid, Weighting("border", 0.0), postprocess=lambda y: y.softmax(1))
-    got = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["probabilities"][...]
+    got = Prediction(tmp_path / "out.zarr").probabilities()[...]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
 
 

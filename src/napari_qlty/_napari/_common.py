@@ -55,14 +55,30 @@ def format_per_axis(value) -> str:
 
 
 # -- layers ------------------------------------------------------------------------------
-def level0(layer):
-    """The full-resolution data of a layer (level 0 of a multiscale layer)."""
-    return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+def level0(layer, level: int = 0):
+    """The full-resolution data of a layer (level 0 of a multiscale layer, or ``level``)."""
+    return layer.data[level] if getattr(layer, "multiscale", False) else layer.data
 
 
-def spatial_shape(layer) -> tuple[int, ...]:
+def level_count(layer) -> int:
+    """How many resolution levels a layer has (1 unless it is multiscale)."""
+    return len(layer.data) if getattr(layer, "multiscale", False) else 1
+
+
+def level_factor(layer, level: int) -> tuple[float, ...]:
+    """How much coarser ``level`` is than level 0 along each (non-RGB) axis: the ratio of
+    the shapes, rounded to the integer factor a pyramid of block reductions has."""
+    full, coarse = spatial_shape(layer), spatial_shape(layer, level)
+    out = []
+    for a, b in zip(full, coarse):
+        f = round(a / b)
+        out.append(float(f) if f >= 1 and -(-a // f) == b else a / b)
+    return tuple(out)
+
+
+def spatial_shape(layer, level: int = 0) -> tuple[int, ...]:
     """The layer's shape over its (non-RGB) axes, from metadata only (nothing is read)."""
-    shape = tuple(int(s) for s in level0(layer).shape)
+    shape = tuple(int(s) for s in level0(layer, level).shape)
     if getattr(layer, "rgb", False):
         shape = shape[:-1]
     return shape

@@ -112,19 +112,19 @@ class GridFields:
         axes = source_axes(layer).replace("c", "")
         return axes.replace("t", "") if self.each_time_point(layer) else axes
 
-    def tiled_shape(self, layer) -> tuple[int, ...]:
+    def tiled_shape(self, layer, level: int = 0) -> tuple[int, ...]:
         axes = source_axes(layer).replace("c", "")
-        shape = spatial_shape(layer)
+        shape = spatial_shape(layer, level)
         return tuple(s for a, s in zip(axes, shape) if a in self.tiled_axes(layer))
 
     def values(self, ndim: int) -> tuple:
         """(window, step, border) as typed, each an int or one int per axis."""
         return tuple(parse_per_axis(edit.value, edit.label, ndim) for edit in self.edits)
 
-    def grid(self, layer, **kwargs) -> Grid:
-        """The grid these fields describe over ``layer``'s tiled axes (errors name the
-        fields and the axes)."""
-        shape, axes = self.tiled_shape(layer), self.tiled_axes(layer)
+    def grid(self, layer, level: int = 0, **kwargs) -> Grid:
+        """The grid these fields describe over ``layer``'s tiled axes, at resolution
+        ``level`` of a multiscale layer (errors name the fields and the axes)."""
+        shape, axes = self.tiled_shape(layer, level), self.tiled_axes(layer)
         return Grid(shape, *self.values(len(shape)), axes=axes, pad_advice=None, **kwargs)
 
     def labels(self, image, labels) -> LabelView:
@@ -139,7 +139,8 @@ class GridFields:
             )
         return LabelView(data, OURS, add_image_axis=not self.each_time_point(image))
 
-    def source(self, layer) -> Source:
-        """The layer's data as the engine reads it (time points as images when they run alone)."""
-        src = open_source(level0(layer), axes=source_axes(layer))
+    def source(self, layer, level: int = 0) -> Source:
+        """The layer's data (at ``level`` of a multiscale layer) as the engine reads it
+        (time points as images when they run alone)."""
+        src = open_source(level0(layer, level), axes=source_axes(layer))
         return src.time_as_images() if self.each_time_point(layer) else src

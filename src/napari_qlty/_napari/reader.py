@@ -4,8 +4,11 @@ Nothing is loaded up front: zarr data become dask arrays (one task per chunk), a
 multiscale OME-Zarr image becomes a multiscale layer (napari reads the level it shows),
 and MRC files are memory-mapped. napari-qlty's own folders open as what they hold:
 
-* a prediction (``napari-qlty/prediction/1``): the probability map of each class as an
-  Image layer, and the predicted labels as a Labels layer;
+* a prediction (``napari-qlty/prediction/2``, an OME-Zarr image): the probability map
+  of each class as a multiscale Image layer (napari reads the level it shows, so a
+  huge result opens at once), and the predicted labels as a multiscale Labels layer,
+  both at the physical scale the run recorded; one in the earlier flat layout
+  (``napari-qlty/prediction/1``) opens as it was written, at full resolution;
 * sparse labels made by the labelling widget (``napari-qlty/labels/1``): a Labels layer
   that keeps saving as you paint, with its class names;
 * exported training pairs (``napari-qlty/training-pairs/1``): the image windows and
@@ -57,7 +60,9 @@ def read_zarr(path) -> list[tuple]:
     attrs = dict(node.attrs)
     fmt = formats.identify(path)
     if fmt == formats.PREDICTION:
-        return _prediction(node, path, name)
+        return _prediction(path, name)
+    if fmt == formats.PREDICTION_FLAT:
+        return _flat_prediction(node, path, name)
     if fmt == formats.PAIRS:
         return _pairs(node, path, name)
     if _multiscales(attrs):
@@ -102,7 +107,69 @@ def _qlty_labels(path: str, name: str) -> tuple:
     return arr, kwargs, "labels"
 
 
-def _prediction(group, path: str, name: str) -> list[tuple]:
+def _prediction(path: str, name: str) -> list[tuple]:
+    """Our OME-Zarr prediction: multiscale layers at the scale the run recorded."""
+    from ..io.prediction import Prediction, class_names
+
+    store = Prediction(path)
+    layout = store.layout
+    layers = []
+    if layout["probabilities"]:
+        dims = store.dims("probabilities")
+        levels = [_dask(path, store.array_path("probabilities", i)) for i in range(store.levels)]
+        c = dims.names.index("c")
+        kwargs = {**_placement(store, dims, skip="c"), "multiscale": len(levels) > 1, "colormap": "magma"}
+        limits = (0.0, 1.0) if _bounded(store) else _limits(levels[-1])
+        channels = layout["channels"]
+        if channels == 1:
+            levels = [level[(slice(None),) * c + (0,)] for level in levels]
+            layers.append((_one(levels), {**kwargs, "name": f"{name} · P", "contrast_limits": limits}, "image"))
+        else:
+            names = class_names(layout)
+            layers.append((_one(levels), {
+                **kwargs, "name": [f"{name} · P({names[k]})" for k in range(channels)], "channel_axis": c,
+                "blending": "additive", "visible": [k == 1 for k in range(channels)], "contrast_limits": limits,
+            }, "image"))
+    if layout["labels"]:
+        dims = store.dims("labels")
+        levels = [_dask(path, store.array_path("labels", i)) for i in range(store.levels)]
+        layers.append((_one(levels), {**_placement(store, dims), "multiscale": len(levels) > 1,
+                                      "name": f"{name} · labels", "opacity": 0.5}, "labels"))
+    if not layers:
+        raise ValueError(f"{path} is a napari-qlty prediction without probabilities or labels")
+    return layers
+
+
+def _one(levels: list):
+    return levels if len(levels) > 1 else levels[0]
+
+
+def _bounded(store) -> bool:
+    """Values in [0, 1]: the run ended in a softmax or sigmoid."""
+    return (store.meta.get("params") or {}).get("postprocess") in ("softmax", "sigmoid")
+
+
+def _limits(level) -> tuple[float, float]:
+    """Contrast limits from the middle plane of a (coarse) level, where the first view
+    looks (only that plane's chunks are read)."""
+    key = tuple(s // 2 for s in level.shape[:-2]) + tuple(slice(None, None, max(1, s // 256)) for s in level.shape[-2:])
+    sample = np.asarray(level[key], dtype=np.float64)
+    lo, hi = float(np.nanmin(sample)), float(np.nanmax(sample))
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _placement(store, dims, skip: str | None = None) -> dict:
+    """scale and translate of level 0 over the arrays' axes (1 and 0 off the tiled axes)."""
+    axes = store.layout["axes"]
+    scale = dict(zip(axes, store.scale(0)))
+    translate = dict(zip(axes, store.translation(0)))
+    kept = [(name, src) for name, src in zip(dims.names, dims.source) if name != skip]
+    return {"scale": tuple(scale[n] if s is not None and s >= 2 else 1.0 for n, s in kept),
+            "translate": tuple(translate[n] if s is not None and s >= 2 else 0.0 for n, s in kept)}
+
+
+def _flat_prediction(group, path: str, name: str) -> list[tuple]:
+    """The earlier layout (``napari-qlty/prediction/1``): full resolution only, (N, C, *tiled)."""
     import dask.array as da
 
     layers = []

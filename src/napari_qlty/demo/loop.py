@@ -309,17 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     timings["inference"] = time.perf_counter() - t
     print(table3(grid, timings["inference"], len(grid)))
     print(f"  {paper_grid_note()}")
-    print(f"  stitched probabilities: {prediction}/probabilities {(1, 2, *shape)}")
+    print(f"  stitched probabilities: {prediction} (OME-Zarr, levels 0/ 1/ ..., {(2, *shape)})")
 
     # 5 ------------------------------------------------------------------------------
     section("5. quality against the ground truth")
-    import zarr
-
+    from ..io.prediction import Prediction
     from ..train.metrics import per_class_f1, seam_report
 
     t = time.perf_counter()
-    store = zarr.open_group(str(prediction), mode="r")
-    predicted = np.asarray(store["labels"][0])
+    store = Prediction(prediction)
+    predicted = store.labels()[0]
     truth = tomo.labels
     report = seam_report(truth, predicted, grid, classes=2, distance=2)
     per_class = per_class_f1(truth, predicted, 2)
@@ -340,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     section("6. Figure 2")
     t = time.perf_counter()
     z = int(tomo.annotated_slices["xy"][0])
-    prob = np.asarray(store["probabilities"][0, 1, z])
+    prob = store.probabilities()[0, 1, z]
     figure_paths = [out / "figure2.png"]
     if args.figure == "auto":
         repo = repo_figure_path()

@@ -18,7 +18,10 @@ from zarr.codecs import BloscCodec
 ATTRS_KEY = "napari_qlty"
 """The zarr attribute (and checkpoint JSON key space) holding our metadata."""
 
-PREDICTION = "napari-qlty/prediction/1"
+PREDICTION = "napari-qlty/prediction/2"
+"""An OME-Zarr 0.5 image with its pyramid, labels and our bookkeeping (io/prediction.py)."""
+PREDICTION_FLAT = "napari-qlty/prediction/1"
+"""The earlier layout: flat ``probabilities``, ``labels`` and ``progress`` arrays, no NGFF."""
 PAIRS = "napari-qlty/training-pairs/1"
 LABELS = "napari-qlty/labels/1"
 CHECKPOINT = "napari-qlty/checkpoint/1"
@@ -26,11 +29,15 @@ PACKAGE = "napari-qlty/bioimageio-package/1"
 
 DESCRIPTIONS = {
     PREDICTION: "a napari-qlty prediction",
+    PREDICTION_FLAT: "a napari-qlty prediction in the earlier flat layout (napari-qlty/prediction/1)",
     PAIRS: "a napari-qlty training-pairs export",
     LABELS: "a napari-qlty sparse-labels store",
     CHECKPOINT: "a napari-qlty model checkpoint",
     PACKAGE: "a bioimage.io package exported by napari-qlty",
 }
+
+#: older formats of ours a new store may replace (with ``overwrite``); never resumed or misread
+REPLACES = {PREDICTION: (PREDICTION_FLAT,)}
 
 #: cheap lossless compression for everything we write (encodes at about 3 GB/s)
 FAST_CODEC = BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")
@@ -165,6 +172,13 @@ def check_replaceable(path: str | os.PathLike, fmt: str, *, overwrite: bool) -> 
             f"{p} holds {describe(p)}, which napari-qlty did not write; it is left untouched: "
             "choose another path"
         )
+    if found in REPLACES.get(fmt, ()):
+        if not overwrite:
+            raise StoreError(
+                f"{p} holds {DESCRIPTIONS[found]}, which this version neither resumes nor reads as "
+                f"{DESCRIPTIONS[fmt]}; it is left untouched: choose another path", remedy="overwrite",
+            )
+        return True
     if found != fmt:
         raise StoreError(
             f"{p} holds {DESCRIPTIONS[found]}, not {DESCRIPTIONS[fmt]}; it is left untouched: "
@@ -183,7 +197,7 @@ def remove_ours(path: str | os.PathLike, fmt: str) -> None:
     if is_empty_folder(p):
         p.rmdir()
         return
-    if identify(p) != fmt:
+    if identify(p) not in (fmt, *REPLACES.get(fmt, ())):
         raise StoreError(f"{p} holds {describe(p)}; napari-qlty deletes only what it wrote there")
     if p.is_file():
         p.unlink()

@@ -82,13 +82,15 @@ def export_pairs(
     group.attrs[ATTRS_KEY] = {"format": FORMAT, "partial": True}  # ours from the first byte
     channels = image.shape[1]
     image_dtype = numpy_dtype(image)
+    # named axes (zarr v3 dimension_names, as NGFF arrays carry them): k is the pair
+    axes = list(getattr(image, "axes", "")[2:]) or [f"d{i}" for i in range(grid.ndim)]
     images = group.create_array(
         "images", shape=(len(kept), channels, *grid.window), chunks=(1, channels, *grid.window),
-        dtype=image_dtype, compressors=FAST_CODEC,
+        dtype=image_dtype, compressors=FAST_CODEC, dimension_names=["k", "c", *axes],
     )
     label_arr = group.create_array(
         "labels", shape=(len(kept), *grid.window), chunks=(1, *grid.window), dtype=label_dtype,
-        compressors=FAST_CODEC, fill_value=int(ignore_label),
+        compressors=FAST_CODEC, fill_value=int(ignore_label), dimension_names=["k", *axes],
     )
     origins = grid.origins()
     positions = np.concatenate([(kept // len(grid))[:, None], origins[kept % len(grid)]], axis=1)

@@ -11,9 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.grid import Grid
+from ..core.pyramid import granule
 
 #: default chunk edge per number of spatial axes (about a million voxels a chunk)
 DEFAULT_CHUNK = {1: 1 << 20, 2: 1024, 3: 128, 4: 32}
+#: the smallest chunk edge coarse pyramid levels are cut into when the budget allows
+#: (chunks of 32-256 KiB: a first view of a coarse level reads few files)
+LEVEL_CHUNK_FLOOR = {1: 1 << 16, 2: 256, 3: 32, 4: 16}
 
 
 # -- regions ---------------------------------------------------------------------------
@@ -87,14 +91,18 @@ def default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def region_cost(grid: Grid, size: Sequence[int], channels_in: int, channels_out: int,
-                in_itemsize: int = 4, regions_held: int = 1) -> int:
+                in_itemsize: int = 4, pyramid: bool = False, regions_held: int = 1) -> int:
     """Bytes a run holds besides its batches: per region, the input box in its stored
     dtype (read, then copied into a tensor), the float32 weighted sums over the box, and
-    the final values and labels; ``regions_held`` regions at a time (2 where one is read
-    ahead or written behind while another computes)."""
+    the final values and labels; with a ``pyramid``, its coarser levels' sums, means and
+    class counts too (at most a half of the values' size, in 2D); ``regions_held``
+    regions at a time (2 where one is read ahead or written behind while another
+    computes)."""
     box = math.prod(min(s + w, p) for s, w, p in zip(size, grid.window, grid.padded_shape))
     core = math.prod(min(s, p) for s, p in zip(size, grid.padded_shape))
-    return regions_held * (box * (2 * in_itemsize * channels_in + 4 * channels_out) + core * (8 * channels_out + 9))
+    extra = core * (3 * channels_out + 5) if pyramid else 0
+    return regions_held * (box * (2 * in_itemsize * channels_in + 4 * channels_out)
+                           + core * (8 * channels_out + 9) + extra)
 
 
 def plan_region_size(
@@ -106,6 +114,7 @@ def plan_region_size(
     budget_bytes: int,
     cap: Sequence[int] | None = None,
     in_itemsize: int = 4,
+    pyramid: bool = False,
     regions_held: int = 1,
 ) -> tuple[int, ...]:
     """The largest chunk-aligned region whose working set fits ``budget_bytes``.
@@ -120,7 +129,7 @@ def plan_region_size(
             raise ValueError(f"region must be {grid.ndim} positive ints, got {tuple(cap)}")
         size = [min(s, max(c, m // c * c)) for s, c, m in zip(size, chunks, cap)]
     def cost(size) -> int:
-        return region_cost(grid, size, channels_in, channels_out, in_itemsize, regions_held) + batch_bytes
+        return region_cost(grid, size, channels_in, channels_out, in_itemsize, pyramid, regions_held) + batch_bytes
 
     while cost(size) > budget_bytes:
         shrinkable = [a for a in range(grid.ndim) if size[a] > chunks[a]]
@@ -131,7 +140,41 @@ def plan_region_size(
                 f"{'x'.join(map(str, grid.window))} (one region and one batch need about "
                 f"{format_bytes(need)}, of which {format_bytes(batch_bytes)} for the batch); "
                 f"raise the budget, or lower the batch size or the chunk size"
+                + (" (or ask for fewer pyramid levels)" if pyramid else "")
             )
         axis = max(shrinkable, key=lambda a: (size[a] / chunks[a], -a))
         size[axis] = max(chunks[axis], (size[axis] // 2) // chunks[axis] * chunks[axis])
     return tuple(size)
+
+
+def plan_pyramid_regions(
+    grid: Grid,
+    chunks: Sequence[int],
+    factors: Sequence[Sequence[int]],
+    channels_in: int,
+    channels_out: int,
+    batch_bytes: int,
+    budget_bytes: int,
+    cap: Sequence[int] | None = None,
+    in_itemsize: int = 4,
+    regions_held: int = 1,
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(region size, coarse-level chunk floor) for a pyramid of cumulative ``factors``.
+
+    Regions must be whole chunks at every level, so that no two ever write one chunk:
+    their size is a multiple of :func:`~napari_qlty.core.pyramid.granule`. The floor
+    starts at :data:`LEVEL_CHUNK_FLOOR` (few files at coarse levels) and is halved while
+    a region of one granule does not fit the budget.
+    """
+    floor = [min(c, LEVEL_CHUNK_FLOOR[grid.ndim]) for c in chunks]
+    pyramid = len(factors) > 1
+    while True:
+        unit = granule(chunks, factors, floor)
+        try:
+            size = plan_region_size(grid, unit, channels_in, channels_out, batch_bytes, budget_bytes, cap,
+                                    in_itemsize=in_itemsize, pyramid=pyramid, regions_held=regions_held)
+            return size, tuple(floor)
+        except ValueError:
+            if max(floor) <= 1:
+                raise
+            floor = [max(1, f // 2) for f in floor]

@@ -33,12 +33,14 @@ from ..core.speed import Speed
 from ..core.processing import FittedProcessing, Processing, unfitted_from_json
 from ..core.processing import fitted_from_json as fitted_intensity
 from ..core.weights import Weighting, WindowWeights
+from ..core.pyramid import downscale_factors, level_factors
 from ..io.formats import canonical
-from ..io.prediction import OutputStore, read_meta
+from ..io.ngff import Dims, geometry
+from ..io.prediction import OutputStore, levels_layout, read_meta
 from ..io.sources import Source, open_source
 from ..models import ModelSpec, check_model_output, load_model, resolve_device
 from ..models.batching import available_host_memory, window_cost
-from .regions import Regions, default_chunks, plan_region_size
+from .regions import Regions, default_chunks, plan_pyramid_regions
 from .schedulers import execute
 from .task import POSTPROCESS, Job
 from .view import View
@@ -101,6 +103,12 @@ def iter_predict(
     overwrite: bool = False,
     axes: str | None = None,
     region: Sequence[int] | None = None,
+    levels: int | None = None,
+    downscale: int | Sequence[int] | None = None,
+    scale: Sequence[float] | None = None,
+    translation: Sequence[float] | None = None,
+    units: str | Sequence[str | None] | None = None,
+    classes: Sequence[str] | None = None,
     cancelled: Callable[[], bool] | None = None,
     speed: Speed | None = None,
     view: Callable[[], View | None] | None = None,
@@ -123,6 +131,13 @@ def iter_predict(
     must then be files). ``region`` caps the region shape (rounded down to whole chunks;
     smaller regions stream results sooner). ``cancelled`` is polled between batches: when
     it returns True the run stops with :class:`Cancelled`, and rerunning resumes.
+
+    The store is an OME-Zarr image with a pyramid written as regions finish: ``levels``
+    (None: until the coarsest fits a screen; 1: none), each ``downscale`` times smaller
+    along the tiled axes (default 2 along space, 1 along time). ``scale``,
+    ``translation`` (physical voxel size and position, one value per tiled axis) and
+    ``units`` default to the input's own; ``classes`` names the labels (default: the
+    model's class names, if it carries them).
     ``speed`` runs the model in lower precision, channels-last or compiled (off by
     default; a store records it, so a resume keeps it). ``view`` (a callable giving the
     :class:`~napari_qlty.run.view.View` on screen, asked again after every region) runs
@@ -196,29 +211,40 @@ def iter_predict(
         given = postprocess == "sigmoid" or (finishing is not None and finishing.gives_probabilities)
         rule = {"kind": "threshold", "threshold": float(threshold), "probabilities": given}
         params["labels_rule"] = rule
+    tiled = list(getattr(src, "axes", "")[2:]) or [f"d{i}" for i in range(grid.ndim)]
+    factors = level_factors(grid.shape, downscale_factors(tiled, downscale), levels)
+    params["pyramid"] = {"levels": len(factors), "factors": factors[1] if len(factors) > 1 else None}
     intensity = _intensity(normalise, live_model, src, output, params)
     params["normalisation"] = canonical(intensity.to_json())
+    # in this process: a region read ahead or written behind the one computing (one
+    # sequential run), or one region and one batch per thread; a cluster's workers each
+    # hold their own
+    region_size, floor = plan_pyramid_regions(grid, chunks, factors, src.shape[1], channels_out,
+                                              per_batch * (workers if scheduler is None else 1), budget,
+                                              region, in_itemsize=in_itemsize,
+                                              regions_held=max(2, workers) if scheduler is None else 1)
+    image_axis = getattr(src, "image_axis", "n")
     layout = {
         "n_images": src.shape[0],
         "channels": channels_out,
         "shape": grid.shape,
         "chunks": chunks,
-        # in this process: a region read ahead or written behind the one computing (one
-        # sequential run), or one region and one batch per thread; a cluster's workers each
-        # hold their own
-        "region": plan_region_size(grid, chunks, src.shape[1], channels_out,
-                                   per_batch * (workers if scheduler is None else 1), budget, region,
-                                   in_itemsize=in_itemsize,
-                                   regions_held=max(2, workers) if scheduler is None else 1),
-        "region_counts": None,
+        "region": region_size,
+        "region_counts": Regions(grid, region_size).counts,
         "probabilities": probabilities,
         "labels": labels,
         "labels_rule": rule,
         "dtype": dtype,
         "batch_size": batch_size,
-        "axes": [a for a in getattr(src, "axes", "")[2:]] or None,
+        "axes": tiled,
+        "image_axis": image_axis,
+        "dims": Dims.plan(src.shape[0], tiled, image_axis=image_axis).to_json(),
+        "label_dims": Dims.plan(src.shape[0], tiled, image_axis=image_axis, channel=False).to_json(),
+        "levels": levels_layout(grid.shape, chunks, factors, floor),
+        **geometry(src, tiled, scale, translation, units),
+        "classes": list(classes) if classes is not None else (getattr(live_model, "napari_qlty_info", None)
+                                                               or {}).get("classes"),
     }
-    layout["region_counts"] = Regions(grid, layout["region"]).counts
     store = OutputStore.open_for_run(output, params, layout, overwrite=overwrite)
     try:
         yield from _run(store, src, model if scheduler is not None else live_model, grid, weighting, output,

@@ -1,10 +1,12 @@
 """Inference: run a model over an image layer, window by window, and watch the stitched
 result appear.
 
-A thin front end to :func:`napari_qlty.iter_predict`. The run goes to a zarr
-folder on disk in a background thread; an Image layer reading that folder is added when
-the run starts and refreshed each time a region is finished, so the probability map
-fills in region by region while the viewer stays usable. Cancel stops after the current
+A thin front end to :func:`napari_qlty.iter_predict`. The run goes to an OME-Zarr
+folder on disk in a background thread; multiscale Image and Labels layers reading that
+folder (every pyramid level) are added when the run starts and refreshed each time a
+region is finished, so the probability map fills in region by region, zoomed out or
+in, while the viewer stays usable. A multiscale image can be run at a coarser level
+(a quick preview); the result is placed at that level's scale. Cancel stops after the current
 region; pressing Run again with the same parameters resumes where it stopped (finished
 regions are kept in the output folder).
 """
@@ -17,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -32,6 +33,7 @@ from magicgui.widgets import (
 
 from ...core.intensity import Normalisation
 from ...core.weights import Weighting
+from ...io.prediction import Prediction
 from ...models import ModelSpec, load_model, model_kind, resolve_device
 from ...models.checkpoints import checkpoint_recipe
 from ...run import Cancelled, iter_predict
@@ -42,9 +44,13 @@ from .._common import (
     format_duration,
     format_per_axis,
     join_counts,
+    level_count,
+    level_factor,
     notify_error,
     parse_optional_per_axis,
     resolve_path,
+    source_axes,
+    spatial_shape,
     thousands,
 )
 from .._qt.base import collapsible, form, hint_label, set_status, status_label
@@ -83,6 +89,11 @@ class InferenceWidget(TaskWidget):
         f = self.fields
         self.image_combo = f.image_combo
         self.window_edit, self.step_edit, self.border_edit = f.edits
+        self.level_combo = ComboBox(
+            label="resolution level", choices=self._level_choices, visible=False,
+            tooltip="For a multiscale image: run on a coarser level for a quick preview; the result "
+                    "is placed at that level's scale",
+        )
         self.model_combo = ComboBox(
             label="model", choices=self._model_choices,
             tooltip="A model file, or a model another widget made in this session",
@@ -150,6 +161,11 @@ class InferenceWidget(TaskWidget):
             tooltip="Largest region computed at once (one number or one per axis, whole chunks): "
                     "smaller regions show results sooner. Empty: as large as the budget allows",
         )
+        self.levels_edit = LineEdit(
+            value="", label="pyramid levels",
+            tooltip="Resolution levels written as the run goes (each 2x coarser along space), so a large "
+                    "result opens at once zoomed out; 1: none. Empty: until the coarsest fits a screen",
+        )
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = Container(widgets=[self.run_button, self.cancel_button], layout="horizontal", labels=False)
@@ -157,13 +173,13 @@ class InferenceWidget(TaskWidget):
         self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = status_label()
         self.extend([
-            form(self.image_combo, self.model_combo, self.model_path, self.model_hint, self.package.accept,
-                 self.factory_edit,
+            form(self.image_combo, self.level_combo, self.model_combo, self.model_path, self.model_hint,
+                 self.package.accept, self.factory_edit,
                  self.normalisation_combo, f.time_combo, f.copy_button, *f.edits, self.weighting_combo,
                  self.border_weight_spin, self.postprocess_combo, self.threshold_spin, outputs,
                  self.output_edit, self.output_hint),
             collapsible("Performance", form(self.device_combo, self.batch_spin, self.memory_edit,
-                                            self.chunks_edit, self.region_edit)),
+                                            self.chunks_edit, self.region_edit, self.levels_edit)),
             self.overwrite_check, buttons, self.progress, self.status,
         ])
 
@@ -190,10 +206,12 @@ class InferenceWidget(TaskWidget):
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.image_combo.changed.connect(self._update_hint)
+        self.image_combo.changed.connect(self._update_levels)
         self.output_edit.changed.connect(self._update_hint)
         self.connect_to(viewer.layers.events.removed, self._on_layer_removed)
         self._update_model_fields()
         self._update_hint()
+        self._update_levels()
 
     # -- fields -------------------------------------------------------------------------------
     def _model_choices(self, _widget=None):
@@ -261,6 +279,34 @@ class InferenceWidget(TaskWidget):
         else:
             self.output_hint.value = ""
 
+    def _level_choices(self, _widget=None):
+        image = self.image_combo.value if hasattr(self, "image_combo") else None
+        if image is None or level_count(image) == 1:
+            return [("0 (full resolution)", 0)]
+        return [(f"{i}{' (full resolution)' if i == 0 else ''}: {join_counts(spatial_shape(image, i))}", i)
+                for i in range(level_count(image))]
+
+    def _update_levels(self, *_) -> None:
+        self.level_combo.reset_choices()
+        image = self.image_combo.value
+        self.level_combo.visible = image is not None and level_count(image) > 1
+        self.level_combo.value = 0
+
+    def _geometry(self, image, level: int) -> dict:
+        """The physical scale, translation and units of the tiled axes at ``level``: the
+        layer's, times the level's factor (a coarse voxel sits at its block's centre)."""
+        axes = source_axes(image).replace("c", "")
+        tiled = self.fields.tiled_axes(image)
+        factor = level_factor(image, level)
+        keep = [i for i, a in enumerate(axes) if a in tiled]
+        scale, translate = tuple(image.scale), tuple(image.translate)
+        units = getattr(image, "units", None)
+        return {
+            "scale": [scale[i] * factor[i] for i in keep],
+            "translation": [translate[i] + scale[i] * (factor[i] - 1) / 2 for i in keep],
+            "units": [str(units[i]) for i in keep] if units is not None else None,
+        }
+
     def _on_layer_removed(self, event) -> None:
         if event.value is self.probability_layer:
             self.probability_layer = None
@@ -278,7 +324,8 @@ class InferenceWidget(TaskWidget):
         image = self.image_combo.value
         if image is None:
             raise ValueError("choose an image layer")
-        grid = self.fields.grid(image)
+        level = int(self.level_combo.value or 0) if level_count(image) > 1 else 0
+        grid = self.fields.grid(image, level)
         ndim = grid.ndim
         weighting = Weighting(self.weighting_combo.value, border_weight=float(self.border_weight_spin.value))
         if not (self.probabilities_check.value or self.labels_check.value):
@@ -288,7 +335,7 @@ class InferenceWidget(TaskWidget):
         model = self._model(device)
         if self.model_combo.value == MODEL_FILE:
             self.package.check(grid)
-        source = self.fields.source(image)
+        source = self.fields.source(image, level)
         path = resolve_path(self.output_edit.value, image.name, "prediction")
         post = self.postprocess_combo.value
         kwargs = dict(
@@ -305,6 +352,8 @@ class InferenceWidget(TaskWidget):
             chunks=parse_optional_per_axis(self.chunks_edit.value, "chunk size", ndim),
             region=parse_optional_per_axis(self.region_edit.value, "region size", ndim),
             cancelled=self.task.cancel_requested.is_set,
+            levels=_levels(self.levels_edit.value),
+            **self._geometry(image, level),
         )
         if self.path != path:
             self.probability_layer = self.labels_layer = None
@@ -379,44 +428,56 @@ class InferenceWidget(TaskWidget):
         return text
 
     def _show_layers(self) -> None:
-        """Add (or re-point) the layers that read the output folder while it is written."""
-        group = zarr.open_group(str(self.path), mode="r")
+        """Add (or re-point) the multiscale layers that read the output folder while it is written."""
+        store = Prediction(self.path)
         image = self._image
         name = self.path.stem if self.path is not None else "prediction"
-        where = {"scale": image.scale, "translate": image.translate} if image is not None else {}
-        if "probabilities" in group:
-            arr = group["probabilities"]
-            fg = foreground_channel(arr.shape[1])
-            view = ChannelView(arr, fg, image=None if self._each_time_point else 0)
-            limits = (0.0, 1.0)
+        where = self._placement(store)
+        each = None if self._each_time_point else 0
+        multiscale = store.levels > 1
+        if store.layout["probabilities"]:
+            fg = foreground_channel(store.layout["channels"])
+            views = [ChannelView(store.probabilities(i), fg, image=each) for i in range(store.levels)]
+            data = views if multiscale else views[0]
             layer = self.probability_layer
             if layer is not None and layer in self.viewer.layers:
-                layer.data = view
+                layer.data = data
             else:
                 self.probability_layer = self.viewer.add_image(
-                    view, name=f"{name} · P(class {fg})", colormap="magma", blending="additive",
-                    contrast_limits=limits, opacity=0.8, multiscale=False, **where,
+                    data, name=f"{name} · P(class {fg})", colormap="magma", blending="additive",
+                    contrast_limits=(0.0, 1.0), opacity=0.8, multiscale=multiscale, **where,
                 )
                 self._added.append(self.probability_layer)
-        if "labels" in group:
-            view = ChannelView(group["labels"], image=None if self._each_time_point else 0)
+        if store.layout["labels"]:
+            views = [ChannelView(store.labels(i), image=each) for i in range(store.levels)]
+            data = views if multiscale else views[0]
             layer = self.labels_layer
             if layer is not None and layer in self.viewer.layers:
-                layer.data = view
+                layer.data = data
             else:
                 self.labels_layer = self.viewer.add_labels(
-                    view, name=f"{name} · labels", opacity=0.5, multiscale=False,
-                    visible="probabilities" not in group, **where,
+                    data, name=f"{name} · labels", opacity=0.5, multiscale=multiscale,
+                    visible=not store.layout["probabilities"], **where,
                 )
                 self._added.append(self.labels_layer)
         if image is not None:
             self.viewer.layers.selection.active = image
 
+    def _placement(self, store) -> dict:
+        """The result's scale and translate in the viewer: the run's recorded geometry along
+        the tiled axes, the image's along time when each time point ran alone."""
+        scale, translate = list(store.scale(0)), list(store.translation(0))
+        if self._each_time_point and self._image is not None:
+            t = source_axes(self._image).replace("c", "").index("t")
+            scale.insert(0, self._image.scale[t])
+            translate.insert(0, self._image.translate[t])
+        return {"scale": tuple(scale), "translate": tuple(translate)}
+
     def _finish_contrast(self) -> None:
         layer = self.probability_layer
         if layer is None or self.postprocess_combo.value != "none":
             return
-        data = layer.data
+        data = layer.data[-1] if layer.multiscale else layer.data
         stride = tuple(max(1, s // 64) for s in data.shape)
         sample = np.asarray(data[tuple(slice(None, None, s) for s in stride)], dtype=np.float64)
         lo, hi = float(np.nanmin(sample)), float(np.nanmax(sample))
@@ -451,6 +512,20 @@ class InferenceWidget(TaskWidget):
         self._remove_empty_layers()
         set_status(self.status, f"Prediction failed: {error_text(exc, self.overwrite_check.text)}", error=True)
         notify_error(exc)
+
+
+def _levels(text: str) -> int | None:
+    """The pyramid levels field: empty is automatic."""
+    text = str(text).strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"pyramid levels must be a whole number >= 1 (1: no pyramid), or empty, got {text!r}")
+    return value
 
 
 def _relay(model, source, grid, path, **kwargs):

@@ -75,6 +75,9 @@ class Source:
     fingerprint
         A stable id of the input: its location, shape and dtype (plus the modification
         time and size of files, or a hash of a few samples of data in memory).
+    image_axis
+        What the image axis ``n`` is: ``"n"`` (separate images), or ``"t"`` when it holds
+        the time points of one time-lapse (:meth:`time_as_images`).
     kind, location
         What was opened ("zarr v3", "tiff (memmap)", "numpy", ...) and from where.
     """
@@ -97,6 +100,7 @@ class Source:
         extra: str = "",
         reader=None,
         handle=None,
+        image_axis: str = "n",
     ) -> None:
         stored_shape = tuple(int(s) for s in stored_shape)
         if len(stored_axes) != len(stored_shape):
@@ -132,6 +136,7 @@ class Source:
             )
         )
         self.fingerprint = fingerprint
+        self.image_axis = image_axis
         self.kind = kind or opener.kind
         self.location = location if location is not None else opener.location
         self._extra = extra
@@ -161,6 +166,7 @@ class Source:
             spacing=drop_t(self.spacing), offset=drop_t(self.offset), units=drop_t(self.units),
             stored_chunks=self._stored_chunks, fingerprint=self.fingerprint + ":t-as-n",
             kind=self.kind, location=self.location, extra=self._extra, reader=self._reader,
+            image_axis="t",
         )
 
     # -- geometry ------------------------------------------------------------------------

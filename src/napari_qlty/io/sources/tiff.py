@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 
+from ..ngff import unit_name
 from .axes import SPATIAL_AXES, resolve_axes
 from .base import NumpyReader, Opener, Source, digest, file_stamp
 from .zarr_store import array_chunks
@@ -44,9 +45,10 @@ def _tiff_axes(series_axes: str) -> str | None:
     return "".join(letters)  # type: ignore[arg-type]
 
 
-def _tiff_spacing(tif, stored_axes: str, level_factor: Sequence[float]) -> tuple | None:
-    """Voxel size per tiled axis from OME-XML, ImageJ metadata or resolution tags."""
+def _tiff_spacing(tif, stored_axes: str, level_factor: Sequence[float]) -> tuple[tuple | None, tuple | None]:
+    """(voxel size, unit) per tiled axis from OME-XML, ImageJ metadata or resolution tags."""
     size: dict[str, float] = {}
+    unit_of: dict[str, str | None] = {}
     if tif.is_ome and tif.ome_metadata:
         try:
             root = ET.fromstring(tif.ome_metadata)
@@ -59,6 +61,7 @@ def _tiff_spacing(tif, stored_axes: str, level_factor: Sequence[float]) -> tuple
             ):
                 if pixels.get(attr) is not None:
                     size[a] = float(pixels.get(attr))
+                    unit_of[a] = pixels.get(attr.replace("Increment", "") + "Unit", "s" if a == "t" else "µm")
         except (ET.ParseError, StopIteration, ValueError):
             size = {}
     if not size:
@@ -80,11 +83,16 @@ def _tiff_spacing(tif, stored_axes: str, level_factor: Sequence[float]) -> tuple
             size["z"] = float(ij["spacing"])
         if size and ij.get("finterval"):
             size["t"] = float(ij["finterval"])
+            unit_of["t"] = "s"
+        unit = ij.get("unit") or {2: "inch", 3: "centimeter"}.get(unit_value if size else 0)
+        for a in "zyx":
+            unit_of[a] = unit
     if not size:
-        return None
+        return None, None
     spatial = [a for a in SPATIAL_AXES if a in stored_axes]
     factors = dict(zip(stored_axes, level_factor))
-    return tuple(size.get(a, 1.0) * factors.get(a, 1.0) for a in spatial)
+    units = tuple(unit_name(unit_of.get(a)) if a in size else None for a in spatial)
+    return tuple(size.get(a, 1.0) * factors.get(a, 1.0) for a in spatial), (units if any(units) else None)
 
 
 def open_tiff(path: str, *, axes, level) -> Source:
@@ -105,7 +113,7 @@ def open_tiff(path: str, *, axes, level) -> Source:
         dtype = chosen.dtype
         stored_axes, guessed = resolve_axes(axes, _tiff_axes(chosen.axes), shape)
         factor = [a / b if b else 1.0 for a, b in zip(levels[0].shape, shape)]
-        spacing = _tiff_spacing(tif, stored_axes, factor)
+        spacing, units = _tiff_spacing(tif, stored_axes, factor)
         contiguous = chosen.dataoffset is not None
     opener = _TiffOpener(path, 0, level, memmap=contiguous)
     try:
@@ -123,6 +131,7 @@ def open_tiff(path: str, *, axes, level) -> Source:
         stored_axes=stored_axes,
         axes_guessed=guessed,
         spacing=spacing,
+        units=units,
         stored_chunks=chunks,
         fingerprint=fp,
         extra=extra,
