@@ -102,7 +102,8 @@ def test_predict_cli_speed_flags_run_and_are_kept_for_a_resume(files, capsys):
     out = tmp / "fast.zarr"
     args = ["predict", str(tmp / "image.npy"), str(out), "--model", str(tmp / "model.pt"),
             "--window", "16", "--step", "12", "--border", "2", "--device", "cpu", "--chunks", "8"]
-    assert main([*args, "--precision", "bfloat16", "--channels-last"]) == 0
+    assert main([*args, "--precision", "bfloat16", "--channels-last", "--uncertainty"]) == 0
+    assert Prediction(out).layout["uncertainty"] == ["windows", "entropy"]
     from napari_qlty import Speed
 
     expected = infer(model, torch.from_numpy(image)[None, None], Grid(image.shape, 16, 12, 2),
@@ -110,7 +111,7 @@ def test_predict_cli_speed_flags_run_and_are_kept_for_a_resume(files, capsys):
     np.testing.assert_allclose(Prediction(out).probabilities()[...], expected.numpy(),
                                rtol=1e-5, atol=1e-5)
     capsys.readouterr()
-    assert main(args) == 2  # the same output without the flags: another run, refused
+    assert main([*args, "--uncertainty"]) == 2  # the same output without the speed flags: refused
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "precision: stored bfloat16, now float32" in err
 

@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="labels of a one-channel model: value >= threshold, after a sigmoid (default 0.5)")
     add_normalisation_options(p)
     p.add_argument("--outputs", choices=["both", "probabilities", "labels"], default="both")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write where the model is unsure: the windows' disagreement, an ensemble's "
+                        "members', the entropy (an 'uncertainty' image in OUTPUT)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     p.add_argument("--chunks", type=int_or_tuple, default=None,
                    help="output chunk edge per axis (default 128 in 3D, 1024 in 2D)")
@@ -312,7 +315,7 @@ def cmd_predict(args) -> int:
         speed=Speed(args.precision, args.channels_last, args.compile),
         levels=args.levels, downscale=args.downscale, scale=args.scale, translation=args.translation,
         units=None if args.units is None else (args.units.split(",") if "," in args.units else args.units),
-        classes=class_names_of(args.classes),
+        classes=class_names_of(args.classes), uncertainty=args.uncertainty,
     ):
         if event.kind == "start":
             print(f"input  {src.describe()}")

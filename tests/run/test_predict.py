@@ -461,3 +461,30 @@ def test_the_view_runs_first_and_the_result_is_the_same_in_any_order(tmp_path, v
 
     with pytest.raises(ValueError, match="use workers=1 and no scheduler with view"):
         predict(model, src, grid, tmp_path / "w.zarr", view=lambda: views[0], workers=2, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_uncertainty_is_written_out_of_core_as_infer_gives_it(tmp_path, dtype):
+    """Out of core, in regions, with a pyramid: the uncertainty image equals infer's, and
+    its coarse levels are its block means; an ensemble adds its members' disagreement."""
+    from napari_qlty.train.ensemble import Ensemble
+
+    rng = np.random.default_rng(1)
+    x = (rng.random((1, 1, 40, 36, 30)) * 100).astype(dtype)
+    grid = Grid(x.shape[2:], window=12, step=8, border=2)
+    for model, kinds in ((conv_model(), ["windows", "entropy"]),
+                         (Ensemble([conv_model(seed=0), conv_model(seed=1)]).eval(), ["windows", "members", "entropy"])):
+        out = tmp_path / f"{len(kinds)}.zarr"
+        predict(model, x, grid, out, weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8),
+                region=(16, 16, 16), uncertainty=True, levels=2, normalise="percentile")
+        values, unsure = infer(model, x, grid, Weighting("gaussian"), uncertainty=True, normalise="percentile")
+        store = Prediction(out)
+        assert store.layout["uncertainty"] == kinds
+        np.testing.assert_allclose(store.probabilities()[...], values.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(store.uncertainty()[...], unsure.numpy(), rtol=1e-4, atol=1e-5)
+        coarse = store.uncertainty(1)[...]
+        full = store.uncertainty()[...]
+        np.testing.assert_allclose(coarse[..., 0, 0, 0], full[..., :2, :2, :2].mean(axis=(-3, -2, -1)), rtol=1e-5)
+        with pytest.raises(StoreError, match="uncertainty"):
+            predict(model, x, grid, out, weighting=Weighting("gaussian"), device="cpu", chunks=(8, 8, 8),
+                    region=(16, 16, 16), levels=2, normalise="percentile")

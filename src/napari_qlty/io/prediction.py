@@ -9,6 +9,8 @@ them out, e.g. ``c, z, y, x`` for one volume)::
     labels/zarr.json          ome.labels = ["segmentation"]
     labels/segmentation/      ome: multiscales + image-label (colours, class names)
         0/ 1/ ... L-1/        uint8 labels: argmax (or threshold), then majority vote
+    uncertainty/              (asked for) ome: multiscales "uncertainty"; float32 channels
+        0/ 1/ ... L-1/        as layout["uncertainty"] names them, block means
     napari_qlty/progress      (N, *regions) uint8, 1 where a region is final (all levels)
     napari_qlty/spills/...    partial sums handed between regions (deleted at the end)
 
@@ -60,6 +62,8 @@ FORMAT = formats.PREDICTION
 #: our own group inside the store (progress, spills): other readers ignore it
 OURS = ATTRS_KEY
 LABELS_NAME = "segmentation"
+#: what a store may hold: class scores, labels, and where the model is unsure
+KINDS = ("probabilities", "labels", "uncertainty")
 
 
 class Prediction:
@@ -88,14 +92,15 @@ class Prediction:
         return len(self.layout["levels"])
 
     def dims(self, kind: str) -> Dims:
-        return Dims.from_json(self.layout["dims" if kind == "probabilities" else "label_dims"])
+        return Dims.from_json(self.layout["label_dims" if kind == "labels" else "dims"])
 
     def array_path(self, kind: str, level: int = 0) -> str:
-        """Where level ``level`` of ``"probabilities"`` or ``"labels"`` lies in the store."""
+        """Where level ``level`` of ``"probabilities"``, ``"labels"`` or ``"uncertainty"``
+        lies in the store."""
         return f"{_prefix(self.layout, kind)}{int(level)}"
 
     def array(self, kind: str, level: int = 0) -> zarr.Array:
-        if not self.layout[kind]:
+        if not self.layout.get(kind):
             raise KeyError(f"{self.path} holds no {kind}")
         if not 0 <= level < self.levels:
             raise IndexError(f"level must be 0..{self.levels - 1}, got {level}")
@@ -108,6 +113,11 @@ class Prediction:
     def labels(self, level: int = 0) -> LogicalView:
         """(N, *tiled) labels of level ``level``, read lazily."""
         return LogicalView(self.array("labels", level), self.dims("labels"), 2 + len(self.layout["shape"]), drop=1)
+
+    def uncertainty(self, level: int = 0) -> LogicalView:
+        """(N, K, *tiled) uncertainty of level ``level``, its channels named by
+        ``layout["uncertainty"]`` (see :mod:`napari_qlty.core.uncertainty`), read lazily."""
+        return LogicalView(self.array("uncertainty", level), self.dims("uncertainty"), 2 + len(self.layout["shape"]))
 
     def scale(self, level: int = 0) -> tuple[float, ...]:
         """Physical voxel size of level ``level`` per tiled axis."""
@@ -177,19 +187,20 @@ class OutputStore(Prediction):
         group = zarr.open_group(str(path), mode="w-", zarr_format=3)
         group.attrs[ATTRS_KEY] = {"format": FORMAT}  # ours from the first byte: never taken for another's
         n, c_out, shape = layout["n_images"], layout["channels"], tuple(layout["shape"])
-        for kind in ("probabilities", "labels"):
-            if not layout[kind]:
+        for kind in KINDS:
+            if not layout.get(kind):
                 continue
-            dims = Dims.from_json(layout["dims" if kind == "probabilities" else "label_dims"])
-            channel = (c_out,) if kind == "probabilities" else (1,)  # labels: a channel they never store
+            dims = Dims.from_json(layout["label_dims" if kind == "labels" else "dims"])
+            # labels: a channel they never store
+            channel = {"probabilities": c_out, "labels": 1, "uncertainty": len(layout.get("uncertainty") or ())}[kind]
             for i, level in enumerate(layout["levels"]):
-                logical = (n, *channel, *level["shape"])
-                chunks = (1, *channel, *level["chunks"])
+                logical = (n, channel, *level["shape"])
+                chunks = (1, channel, *level["chunks"])
                 group.create_array(
                     f"{_prefix(layout, kind)}{i}",
                     shape=dims.shape(logical),
                     chunks=dims.shape(chunks),
-                    dtype=layout["dtype"] if kind == "probabilities" else "uint8",
+                    dtype={"probabilities": layout["dtype"], "labels": "uint8", "uncertainty": "float32"}[kind],
                     compressors=FAST_CODEC,
                     fill_value=0,
                     dimension_names=list(dims.names),
@@ -224,9 +235,11 @@ class OutputStore(Prediction):
             shutil.rmtree(spills, ignore_errors=True)
 
     # -- data ------------------------------------------------------------------------
-    def write_region(self, n: int, start: Sequence[int], probabilities: torch.Tensor) -> int:
-        """Write the final (C_out, *box) values of one region of image ``n``, and its
-        share of every coarser level (means of the values, majority labels).
+    def write_region(self, n: int, start: Sequence[int], probabilities: torch.Tensor,
+                     uncertainty: torch.Tensor | None = None) -> int:
+        """Write the final (C_out, *box) values of one region of image ``n`` (and its
+        (K, *box) ``uncertainty``, if the store keeps it), and its share of every coarser
+        level (means of the values, majority labels).
 
         Labels are the argmax over classes, or for one channel ``value >= threshold``
         (after a sigmoid, unless the values already are probabilities). A float16 store
@@ -248,6 +261,10 @@ class OutputStore(Prediction):
             self._put("labels", 0, n, start, labels)
             for i, mode in enumerate(mode_levels(labels, label_count(self.layout), factors), 1):
                 self._put("labels", i, n, start, mode)
+        if self.layout.get("uncertainty"):
+            self._put("uncertainty", 0, n, start, uncertainty)
+            for i, mean in enumerate(mean_levels(uncertainty, factors), 1):
+                self._put("uncertainty", i, n, start, mean)
         return saturated
 
     def _put(self, kind: str, level: int, n: int, start: Sequence[int], block: torch.Tensor) -> None:
@@ -255,8 +272,9 @@ class OutputStore(Prediction):
         its box starting at level-0 voxel ``start`` (a multiple of the level's factor)."""
         factor = self.layout["levels"][level]["factor"]
         at = tuple(a // f for a, f in zip(start, factor))
-        if kind == "probabilities":
-            data = block.to(dtype=_torch_dtype(self.layout["dtype"])).cpu().numpy()[None]
+        if kind != "labels":
+            dtype = _torch_dtype(self.layout["dtype"]) if kind == "probabilities" else torch.float32
+            data = block.to(dtype=dtype).cpu().numpy()[None]
         else:  # labels have no channel axis: a logical one of length 1
             data = block.to(dtype=torch.uint8).cpu().numpy()[None, None]
         key = (slice(n, n + 1), slice(None), *(slice(a, a + s) for a, s in zip(at, data.shape[2:])))
@@ -298,6 +316,8 @@ def level_translation(layout: dict, level: int) -> tuple[float, ...]:
 
 def _prefix(layout: dict, kind: str) -> str:
     """The folder of a kind's levels: the root for probabilities (and for labels alone)."""
+    if kind == "uncertainty":
+        return "uncertainty/"
     return f"labels/{LABELS_NAME}/" if kind == "labels" and layout["probabilities"] else ""
 
 
@@ -321,10 +341,10 @@ def _write_ome(group: zarr.Group, layout: dict) -> None:
     hold the layout: then only our metadata describes it)."""
     units = dict(zip(layout["axes"], layout.get("units") or [None] * len(layout["axes"])))
     levels = range(len(layout["levels"]))
-    for kind in ("probabilities", "labels"):
-        if not layout[kind]:
+    for kind in KINDS:
+        if not layout.get(kind):
             continue
-        dims = Dims.from_json(layout["dims" if kind == "probabilities" else "label_dims"])
+        dims = Dims.from_json(layout["label_dims" if kind == "labels" else "dims"])
         if not dims.ome:
             return
         scales, translations = [], []
@@ -334,7 +354,7 @@ def _write_ome(group: zarr.Group, layout: dict) -> None:
                            for name, s in zip(dims.names, dims.source)])
             translations.append([physical[name][1] if s is not None and s >= 2 else 0.0
                                  for name, s in zip(dims.names, dims.source)])
-        name = LABELS_NAME if kind == "labels" else "probabilities"
+        name = LABELS_NAME if kind == "labels" else kind
         ms = ngff.multiscales(name, dims, [str(i) for i in levels], scales, translations, units,
                               "mode" if kind == "labels" else "mean")
         prefix = _prefix(layout, kind)

@@ -42,6 +42,7 @@ from ..models import ModelSpec, check_model_output, load_model, resolve_device
 from ..models.batching import available_host_memory, window_cost
 from .regions import Regions, default_chunks, plan_pyramid_regions
 from .schedulers import execute
+from ..core.uncertainty import blended_channels, gives_probabilities, kinds, spread_of
 from .task import POSTPROCESS, Job
 from .view import View
 
@@ -113,6 +114,7 @@ def iter_predict(
     speed: Speed | None = None,
     view: Callable[[], View | None] | None = None,
     view_only: bool = False,
+    uncertainty: bool = False,
 ) -> Iterator[Event]:
     """Run ``model`` over every window of ``source`` into the zarr store ``output``.
 
@@ -142,8 +144,11 @@ def iter_predict(
     default; a store records it, so a resume keeps it). ``view`` (a callable giving the
     :class:`~napari_qlty.run.view.View` on screen, asked again after every region) runs
     the regions it touches first, and with ``view_only`` stops there with a "paused"
-    event (a rerun finishes the rest); the result is the same in any order. Yields
-    :class:`Event` objects.
+    event (a rerun finishes the rest); the result is the same in any order.
+    ``uncertainty`` also writes where the model is unsure (see
+    :mod:`napari_qlty.core.uncertainty`: the windows' disagreement, an ensemble's
+    members', the entropy), as the store's ``uncertainty`` image. Yields :class:`Event`
+    objects.
     """
     t0 = time.perf_counter()
     if not (probabilities or labels):
@@ -211,6 +216,13 @@ def iter_predict(
         given = postprocess == "sigmoid" or (finishing is not None and finishing.gives_probabilities)
         rule = {"kind": "threshold", "threshold": float(threshold), "probabilities": given}
         params["labels_rule"] = rule
+    moments = None
+    if uncertainty:
+        members = spread_of(live_model) is not None
+        gives = gives_probabilities(live_model, postprocess) or (finishing is not None and finishing.gives_probabilities)
+        moments = {"classes": channels_out, "members": members, "probabilities": gives}
+        params["outputs"]["uncertainty"] = kinds(members)
+    summed = blended_channels(channels_out, moments["members"]) if moments else channels_out
     tiled = list(getattr(src, "axes", "")[2:]) or [f"d{i}" for i in range(grid.ndim)]
     factors = level_factors(grid.shape, downscale_factors(tiled, downscale), levels)
     params["pyramid"] = {"levels": len(factors), "factors": factors[1] if len(factors) > 1 else None}
@@ -219,7 +231,7 @@ def iter_predict(
     # in this process: a region read ahead or written behind the one computing (one
     # sequential run), or one region and one batch per thread; a cluster's workers each
     # hold their own
-    region_size, floor = plan_pyramid_regions(grid, chunks, factors, src.shape[1], channels_out,
+    region_size, floor = plan_pyramid_regions(grid, chunks, factors, src.shape[1], summed,
                                               per_batch * (workers if scheduler is None else 1), budget,
                                               region, in_itemsize=in_itemsize,
                                               regions_held=max(2, workers) if scheduler is None else 1)
@@ -233,6 +245,7 @@ def iter_predict(
         "region_counts": Regions(grid, region_size).counts,
         "probabilities": probabilities,
         "labels": labels,
+        "uncertainty": params["outputs"].get("uncertainty"),
         "labels_rule": rule,
         "dtype": dtype,
         "batch_size": batch_size,
@@ -247,17 +260,17 @@ def iter_predict(
     }
     store = OutputStore.open_for_run(output, params, layout, overwrite=overwrite)
     try:
-        yield from _run(store, src, model if scheduler is not None else live_model, grid, weighting, output,
-                        channels_out, batch_size, dev, postprocess, intensity, speed, workers, scheduler,
-                        cancelled, view, view_only, t0, finishing)
+        job = Job(src, model if scheduler is not None else live_model, grid, weighting, str(output),
+                  tuple(store.layout["region"]), summed, batch_size, str(dev), postprocess, intensity, speed,
+                  finishing, moments)
+        yield from _run(store, job, workers, scheduler, cancelled, view, view_only, t0)
     finally:
         store.close()
 
 
-def _run(store, src, model, grid, weighting, output, channels_out, batch_size, dev, postprocess, intensity,
-         speed, workers, scheduler, cancelled, view, view_only, t0, finishing=None) -> Iterator[Event]:
-    region_size = tuple(store.layout["region"])
-    regions = Regions(grid, region_size)
+def _run(store: OutputStore, job: Job, workers, scheduler, cancelled, view, view_only, t0) -> Iterator[Event]:
+    src, grid, output = job.source, job.grid, job.store_path
+    regions = Regions(grid, job.region_size)
     tasks = [(n, *r) for n in range(src.shape[0]) for r in itertools.product(*(range(c) for c in regions.counts))]
     windows_total = len(grid) * src.shape[0]
     if store.complete:
@@ -268,8 +281,6 @@ def _run(store, src, model, grid, weighting, output, channels_out, batch_size, d
     per_task = {t: int(regions.owned(t[1:]).size) for t in tasks}
     done_windows = sum(per_task[t] for t in finished)
     todo = [t for t in tasks if t not in finished]
-    job = Job(src, model, grid, weighting, str(output), region_size, channels_out, batch_size, str(dev),
-              postprocess, intensity, speed, finishing)
     yield Event("start", done_windows, windows_total, len(finished), len(tasks), time.perf_counter() - t0,
                 message=f"{len(todo)} of {len(tasks)} regions to run ({len(finished)} finished before)")
     deps = {t: {(t[0], *s) for s in regions.senders(t[1:])} - finished for t in todo}

@@ -17,6 +17,7 @@ from ..core.intensity import IDENTITY, Fitted
 from ..core.processing import FittedProcessing
 from ..core.speed import Speed, sped_up
 from ..core.tiles import read_region
+from ..core.uncertainty import split, spread_of, with_moments
 from ..core.weights import Weighting, WindowWeights, window_weights
 from ..io.prediction import OutputStore
 from ..io.sources import Source
@@ -50,6 +51,9 @@ class Job:
     speed: Speed = Speed()
     #: a package's postprocessing, applied to the blended region before it is written
     finishing: FittedProcessing | None = None
+    #: with uncertainty: {"classes", "members", "probabilities"} (``channels_out`` counts
+    #: the blended channels, see :func:`napari_qlty.core.uncertainty.with_moments`)
+    moments: dict | None = None
     token: str = field(default_factory=lambda: f"{time.time_ns()}")
 
 
@@ -101,7 +105,10 @@ def compute_region(job: Job, task: tuple[int, ...], x: torch.Tensor | None,
         model = load_model(job.model, device) if isinstance(job.model, (ModelSpec, str)) else job.model
         post = POSTPROCESS[job.postprocess] if job.postprocess else None
         dtype = input_dtype(model)
+        spread = spread_of(model) if job.moments and job.moments["members"] else None
         model = sped_up(model, job.speed, device, job.grid.ndim)
+        if spread is not None:  # one tensor, so a batch can still be halved on out-of-memory
+            model = _joined(spread)
         fused = fused_for(device)
         with torch.no_grad():
             for chunk, batch in feed_windows(x.unsqueeze(0), job.grid, positions, job.batch_size, device,
@@ -110,9 +117,14 @@ def compute_region(job: Job, task: tuple[int, ...], x: torch.Tensor | None,
                     raise Cancelled()
                 batch = to_model(batch, device, dtype, job.intensity)
                 out = run_with_oom_backoff(model, batch)  # halves the batch on out-of-memory
+                members = None
+                if spread is not None:
+                    out, members = out[:, :-1], out[:, -1:]
                 check_output(out, batch, job.grid)
                 if post is not None:
                     out = post(out)
+                if job.moments:
+                    out = with_moments(out, members)
                 sums.add(out, chunk, fused=fused)
                 del out, batch
                 give_back_memory()  # an operator's workspace (a conv's columns) goes back at once
@@ -142,15 +154,27 @@ def finish_region(job: Job, task: tuple[int, ...], core: torch.Tensor | None) ->
     if core is None:
         core = store.spills.read(own).to(torch.device(job.device))
     final = finish(regions, _weights(job), store.spills, n, r, core)
-    if job.finishing is not None:
-        final = job.finishing.apply(final.unsqueeze(0))[0]
-    saturated = store.write_region(n, regions.bounds(r)[0], final)
+    apply = None if job.finishing is None else (lambda v: job.finishing.apply(v.unsqueeze(0))[0])
+    unsure = None
+    if job.moments:
+        probabilities = job.moments["probabilities"]
+        final, unsure = split(final, job.moments["classes"], job.moments["members"], probabilities, finish=apply)
+    elif apply is not None:
+        final = apply(final)
+    saturated = store.write_region(n, regions.bounds(r)[0], final, unsure)
     store.mark_finished(task)
     release(regions, store.spills, n, r)
     store.spills.delete(own)
     del core, final
     give_back_memory()
     return saturated
+
+
+def _joined(spread: Callable) -> Callable:
+    """A model's (outputs, members' spread) as one tensor, the spread its last channel."""
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return torch.cat(spread(batch), dim=1)
+    return run
 
 
 class Cancelled(Exception):
