@@ -22,12 +22,16 @@ PREDICTION = "napari-qlty/prediction/1"
 PAIRS = "napari-qlty/training-pairs/1"
 LABELS = "napari-qlty/labels/1"
 CHECKPOINT = "napari-qlty/checkpoint/1"
+ROUNDS = "napari-qlty/rounds/1"
+ROUND = "napari-qlty/round/1"
 
 DESCRIPTIONS = {
     PREDICTION: "a napari-qlty prediction",
     PAIRS: "a napari-qlty training-pairs export",
     LABELS: "a napari-qlty sparse-labels store",
     CHECKPOINT: "a napari-qlty model checkpoint",
+    ROUNDS: "the training rounds of a napari-qlty loop",
+    ROUND: "a napari-qlty training round",
 }
 
 #: cheap lossless compression for everything we write (encodes at about 3 GB/s)
