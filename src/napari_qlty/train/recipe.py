@@ -23,6 +23,7 @@ current weights at a third of the learning rate for a quarter of the steps.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -63,7 +64,8 @@ class Recipe:
     more_lr: float = 1e-3
     """Peak learning rate of a "Train more" round (it starts from trained weights)."""
     more_steps: float = 0.25
-    """Share of each network's steps a "Train more" round plans (its budget may end it sooner)."""
+    """Share of each network's epochs (rounded up) a "Train more" round plans (its budget
+    may end it sooner)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", tuple(self.members))
@@ -75,16 +77,17 @@ class Recipe:
             raise ValueError(f"more_steps must be in (0, 1], got {self.more_steps}")
 
     def configs(self, *, ndim: int, classes: int, seed: int = 0, more: bool = False,
-                **overrides) -> list[TrainConfig]:
+                nets: dict[str, dict] | None = None, **overrides) -> list[TrainConfig]:
         """One :class:`TrainConfig` per network (seeds ``seed``, ``seed + 1``, ...);
-        ``more``: for a "Train more" round; ``overrides`` go to every config."""
+        ``more``: for a "Train more" round; ``nets``: network arguments per architecture
+        (default: :data:`DEFAULT_NETS`); ``overrides`` go to every config."""
         out = []
         for i, arch in enumerate(self.members):
             config = TrainConfig(**{"arch": arch, "classes": classes, "planar": ndim == 3, "seed": seed + i,
-                                    **overrides})
+                                    "net": (nets or {}).get(arch), **overrides})
             if more:
                 config = replace(config, lr=min(config.lr, self.more_lr),
-                                 epochs=max(1, round(config.epochs * self.more_steps)))
+                                 epochs=math.ceil(config.epochs * self.more_steps))
             out.append(config)
         return out
 
