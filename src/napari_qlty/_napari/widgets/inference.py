@@ -240,10 +240,17 @@ class InferenceWidget(TaskWidget):
         self._use_model_window(recipe)
 
     def _use_model_window(self, info) -> None:
-        """A model trained on windows of some size runs on windows of that size by default."""
-        window = (info or {}).get("window")
+        """A model runs with the inference settings it carries (a round of the Train
+        widget's loop), else on windows the size it was trained on."""
+        settings = (info or {}).get("inference")
+        window = (settings or info or {}).get("window")
         if window:
             self.window_edit.value = format_per_axis(window)
+        if settings:
+            self.step_edit.value = format_per_axis(settings["step"])
+            self.border_edit.value = format_per_axis(settings["border"])
+            self.weighting_combo.value = settings["weighting"]
+            self.border_weight_spin.value = settings["border_weight"]
 
     def _update_hint(self, *_) -> None:
         image = self.image_combo.value
