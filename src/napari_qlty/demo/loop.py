@@ -138,7 +138,7 @@ def demo_recipe(args) -> Recipe:
 def train_members(train_set, val_set, out: Path, args, recipe: Recipe, intensity) -> tuple[list, list[Path], float]:
     from ..train.recipe import iter_train_members
 
-    configs = recipe.configs(ndim=3, classes=2, seed=args.seed, axes=tuple(args.axes), patch=args.patch,
+    configs = recipe.configs(ndim=3, classes=2, seed=args.train_seed, axes=tuple(args.axes), patch=args.patch,
                              batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
                              lr=args.lr, device=args.device, log_every=max(1, args.steps_per_epoch))
     for config in configs:
@@ -224,7 +224,10 @@ def parse_args(argv):
     p.add_argument("--infer-step", type=int, default=INFER_STEP, help=h)
     p.add_argument("--infer-border", type=int, default=INFER_BORDER, help=h)
     p.add_argument("--annotated-fraction", type=float, default=6e-4, help=h)
+    p.add_argument("--train-seed", type=int, default=None, help=h)  # default: --seed
     args = p.parse_args(argv)
+    if args.train_seed is None:
+        args.train_seed = args.seed
     args.axes = [int(c) for c in str(args.axes).replace(",", "")]
     if args.shape:
         args.shape = tuple(int(s) for s in args.shape.split(","))
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = PairsDataset(pairs_path)
     intensity = recipe.intensity().fit(x)  # statistics of the whole volume; the models keep the mode
     pairs = as_pairs(dataset)  # read the zarr once for both networks (the trainer maps the intensities)
-    split = hold_out(pairs.labels, dataset.positions, recipe.validation, args.seed, ignore_label=pairs.ignore_label)
+    split = hold_out(pairs.labels, dataset.positions, recipe.validation, args.train_seed, ignore_label=pairs.ignore_label)
     train_set = (pairs.images[split.train], split.train_labels)
     val_set = (pairs.images[split.val], pairs.labels[split.val]) if len(split.val) else None
     timings["read pairs"] = time.perf_counter() - t

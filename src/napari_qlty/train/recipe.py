@@ -61,6 +61,10 @@ class Recipe:
     infer_step: int = 108
     infer_border: int = 10
     border_weight: float = 0.0
+    threads: int | None = 1
+    """torch threads while training: these small networks gain nothing from more on a
+    CPU and lose a lot when it is shared (docs/demo.md: 24 ms a U-Net step on one
+    thread, 194 ms on two at load 5). None: leave torch's setting."""
     more_lr: float = 1e-3
     """Peak learning rate of a "Train more" round (it starts from trained weights)."""
     more_steps: float = 0.25
@@ -84,7 +88,7 @@ class Recipe:
         out = []
         for i, arch in enumerate(self.members):
             config = TrainConfig(**{"arch": arch, "classes": classes, "planar": ndim == 3, "seed": seed + i,
-                                    "net": (nets or {}).get(arch), **overrides})
+                                    "net": (nets or {}).get(arch), "threads": self.threads, **overrides})
             if more:
                 config = replace(config, lr=min(config.lr, self.more_lr),
                                  epochs=math.ceil(config.epochs * self.more_steps))

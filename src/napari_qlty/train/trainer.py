@@ -142,8 +142,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-    """If set, ``torch.set_num_threads(threads)`` for this process before training
-    (on a small or shared CPU, 1 is often several times faster than more)."""
+    """If set, torch's threads while training (restored after; on a small or shared CPU,
+    1 is often several times faster than more)."""
     max_seconds: float | None = None
     """Stop after this much training time (checked every step); None: no limit."""
     log_every: int = 1
@@ -377,10 +377,19 @@ def iter_train(
     The trained model is ``model`` (trained in place) or, when None, the one built from
     ``config``; :func:`train` returns it.
     """
-    t0 = time.perf_counter()
-    device = resolve_device(config.device)
+    previous = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(int(config.threads))
+    try:
+        return (yield from _iter_train(config, train_data, val_data, model=model, checkpoint=checkpoint, stop=stop,
+                                       intensity=intensity, class_names=class_names))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _iter_train(config, train_data, val_data, *, model, checkpoint, stop, intensity, class_names):
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
     train_pairs = as_pairs(train_data, intensity=intensity)
     intensity = train_pairs.intensity
     ignore = train_pairs.ignore_label

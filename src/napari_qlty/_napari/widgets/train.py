@@ -174,10 +174,8 @@ class TrainWidget(TaskWidget):
         self.config_overrides: dict = {}
         self.model = None
         self.model_name: str | None = None
-        #: the round in use, its model's recipe (what Save model writes) and the rounds it belongs to
+        #: the round in use: Train more continues it, Predict and Save model use it
         self.current_round: rounds_io.Round | None = None
-        self.recipe_saved: dict | None = None
-        self.rounds: rounds_io.Rounds | None = None
         #: models of this session's rounds, by (rounds folder, round number)
         self._models: dict = {}
         self.saved_to = None
@@ -265,8 +263,8 @@ class TrainWidget(TaskWidget):
             self.save_button.enabled = self.more_button.enabled = self.predict_button.enabled = False
             return
         try:
-            self.rounds = self._open_rounds(create=False)
-            chosen = self.rounds.get(number) if self.rounds is not None else None
+            rounds = self._open_rounds(create=False)
+            chosen = rounds.get(number) if rounds is not None else None
         except (ValueError, OSError, KeyError):
             chosen = None
         if chosen is None:
@@ -337,6 +335,7 @@ class TrainWidget(TaskWidget):
                    else "Loading the model…")
 
     def _idle(self) -> None:
+        self._mode = "train"  # what run() does next
         self.round_combo.enabled = True
         self.more_button.enabled = self.predict_button.enabled = self.current_round is not None
         self.save_button.enabled = self.current_round is not None
@@ -493,7 +492,6 @@ class TrainWidget(TaskWidget):
         name = self._register(result.model, r)
         self._models[(str(r.path.parent), r.number)] = (result.model, name)
         self.model, self.model_name = result.model, name
-        self.recipe_saved = None
         self.current_round = r
         self.round_combo.reset_choices()
         self.round_combo.value = r.number
