@@ -128,6 +128,7 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
     viewer.window.add_dock_widget(train)
     train.window_edit.value, train.step_edit.value = "32", "16"
     train.config_overrides = dict(TINY)
+    train.normalisation_combo.value = "percentile 1-99.8"
     train.name_edit.value = "u16 model"
     train.predict_check.value = False
     try:

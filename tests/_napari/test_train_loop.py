@@ -152,3 +152,25 @@ def test_train_more_needs_a_round_and_says_so(loop, qtbot):
     widget.train_more()
     wait_idle(qtbot, widget)
     assert widget.outcome == "error" and "no round yet: press Train first" in widget.status.value
+
+
+def test_stop_keeps_the_round_and_a_cancel_leaves_nothing(loop, qtbot, tmp_path):
+    widget, image, _, _ = loop
+    widget.config_overrides = {**TINY, "epochs": 10_000}  # far more steps than the test waits for
+    widget.predict_check.value = False
+    widget.train()
+    qtbot.waitUntil(lambda: "step" in widget.events_seen, timeout=TIMEOUT_MS)
+    widget.stop()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "stopped", widget.status.value
+    rounds = Rounds.open(tmp_path / "strokes.rounds", image.data.shape)
+    (r,) = rounds.rounds()
+    assert [(m["arch"], m["stopped"]) for m in r.attrs["members"]] == [("unet", True)]
+    assert "stopped early" in widget.status.value
+    # a cancel (closing the dock does the same) records nothing and leaves no partial round
+    widget.train()
+    qtbot.waitUntil(lambda: "step" in widget.events_seen, timeout=TIMEOUT_MS)
+    widget.task.cancel()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "cancelled"
+    assert [p.name for p in sorted(rounds.path.iterdir())] == ["round-001", "zarr.json"]

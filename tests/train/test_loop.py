@@ -25,7 +25,7 @@ from napari_qlty.train.trainer import DEFAULT_NETS, TrainEvent
 SHAPE = (24, 64, 64)
 TINY = {"nets": {"unet": {"channels": 4, "levels": 1, "norm": "batch"}, "msdnet": {"layers": 3, "max_dilation": 2}},
         "patch": 16, "batch_size": 2, "epochs": 2, "steps_per_epoch": 3, "val_samples": 4}
-RECIPE = replace(DEFAULT_RECIPE, window=32, step=16)
+RECIPE = replace(DEFAULT_RECIPE, window=32, step=16, normalisation="percentile")
 NAMES = ["background", "filament"]
 
 
@@ -59,7 +59,7 @@ def run(gen, on_event=None):
 
 
 def a_round(rounds, tomo, labels, on_event=None, **kwargs):
-    options = dict(recipe=RECIPE, class_names=NAMES, normalisation=Normalisation("percentile"), overrides=TINY)
+    options = dict(recipe=RECIPE, class_names=NAMES, overrides=TINY)
     options.update(kwargs)
     return run(iter_round(rounds, open_source(tomo.image, axes="zyx"), labels, **options), on_event)
 
@@ -191,7 +191,7 @@ def test_a_stop_keeps_the_networks_trained_so_far(tmp_path, tomogram):
 
     stop = lambda: len(steps) >= 2  # noqa: E731 - two steps of the U-Net, then Stop
     result, _ = run(iter_round(rounds, open_source(tomogram.image, axes="zyx"), napari_labels(tomogram),
-                               recipe=RECIPE, class_names=NAMES, normalisation=Normalisation(), overrides=TINY,
+                               recipe=replace(RECIPE, normalisation="none"), class_names=NAMES, overrides=TINY,
                                stop=stop), count)
     members = result.round.attrs["members"]
     assert [(m["arch"], m["steps"], m["stopped"]) for m in members] == [("unet", 2, True)]

@@ -21,7 +21,6 @@ import torch
 
 from ..core.grid import Grid
 from ..core.holdout import hold_out, positions_of
-from ..core.intensity import Normalisation
 from ..core.labels import IGNORE, OURS, LabelView
 from ..core.pairs import clean_pairs
 from ..io.rounds import PendingRound, Round, Rounds
@@ -75,7 +74,6 @@ def iter_round(
     recipe: Recipe,
     grid: Grid | None = None,
     class_names: Sequence[str],
-    normalisation: Normalisation,
     budget: float | None = None,
     seed: int = 0,
     add_image_axis: bool = True,
@@ -104,10 +102,10 @@ def iter_round(
         raise ValueError("continuing a round needs its model")
     pending = rounds.begin(kind="train more" if more else "train", parent=parent.number if more else None,
                            name=name, seed=seed, budget=budget, recipe=recipe.to_json(),
-                           normalisation=normalisation.to_json(), classes=list(class_names))
+                           normalisation=recipe.intensity().to_json(), classes=list(class_names))
     try:
         result = yield from _train(pending, source, labels, recipe=recipe, grid=grid, class_names=class_names, classes=classes,
-                                   normalisation=normalisation, budget=budget, seed=seed,
+                                   budget=budget, seed=seed,
                                    add_image_axis=add_image_axis, more=more, parent_model=parent_model, axes=axes,
                                    scale=scale, translate=translate, stop=stop, overrides=overrides or {}, t0=t0)
     except BaseException:
@@ -116,7 +114,7 @@ def iter_round(
     return result
 
 
-def _train(pending: PendingRound, source, labels, *, recipe, grid, class_names, classes, normalisation, budget, seed,
+def _train(pending: PendingRound, source, labels, *, recipe, grid, class_names, classes, budget, seed,
            add_image_axis, more, parent_model, axes, scale, translate, stop, overrides, t0):
     snapshot = pending.snapshot(labels, {k + 1: n for k, n in enumerate(class_names)},
                                 scale=scale, translate=translate)
@@ -129,6 +127,7 @@ def _train(pending: PendingRound, source, labels, *, recipe, grid, class_names, 
         raise ValueError("no training window holds labels: paint some strokes first")
     positions = positions_of(pairs.indices, pairs.origins, len(grid))
     split = hold_out(pairs.labels, positions, recipe.validation, seed)
+    normalisation = recipe.intensity()
     intensity = normalisation.fit(source)  # the whole image, never one window
     train = (pairs.images[split.train], split.train_labels)
     val = (pairs.images[split.val], pairs.labels[split.val]) if len(split.val) else None

@@ -180,6 +180,8 @@ class TrainWidget(TaskWidget):
         self._models: dict = {}
         self.saved_to = None
         self.last_event = None
+        #: the last event of the prediction in progress (or done)
+        self.last_predict = None
         self.events_seen: list[str] = []
         self.probability_layer = None
         self.prediction_labels_layer = None
@@ -322,7 +324,7 @@ class TrainWidget(TaskWidget):
             set_status(self.status, "Stopping after the current step…")
 
     def _starting(self) -> None:
-        self.last_event, self.events_seen = None, []
+        self.last_event, self.last_predict, self.events_seen = None, None, []
         self._loss = self._f1 = None
         self._stop.clear()
         self._t0 = time.perf_counter()
@@ -364,8 +366,7 @@ class TrainWidget(TaskWidget):
         class_list = self._classes(labels)
         from dataclasses import replace
 
-        normalisation = NORMALISATIONS[self.normalisation_combo.value]
-        recipe = replace(self.recipe, normalisation=normalisation.mode)
+        recipe = replace(self.recipe, normalisation=NORMALISATIONS[self.normalisation_combo.value].mode)
         parent = parent_model = None
         if self._mode == "more":
             parent = self._chosen_round()
@@ -374,11 +375,10 @@ class TrainWidget(TaskWidget):
                 raise ValueError(f"round {parent.number} learnt the classes {', '.join(parent.attrs['classes'])}; "
                                  f"the labels now have {', '.join(class_list)}: press Train to start anew")
             recipe = Recipe.from_json(parent.attrs["recipe"])  # its networks, its normalisation
-            normalisation = recipe.intensity()
         self._budget = float(self.more_spin.value if self._mode == "more" else self.seconds_spin.value)
         rounds = self._open_rounds(create=True)
         kwargs = dict(source=source, labels=level0(labels), recipe=recipe, grid=grid, class_names=class_list,
-                      normalisation=normalisation, budget=self._budget, add_image_axis=not self._each_time_point,
+                      budget=self._budget, add_image_axis=not self._each_time_point,
                       parent=parent, parent_model=parent_model, axes=grid.axes, scale=tuple(labels.scale),
                       translate=tuple(labels.translate), overrides=dict(self.config_overrides),
                       name=self.name_edit.value.strip() or image.name)
@@ -454,7 +454,8 @@ class TrainWidget(TaskWidget):
             self.current_round = value
             self.progress.value = self.progress.max
             self.metrics.value = round_scores(value)
-            set_status(self.status, f"Round {value.number}: the whole image is predicted "
+            took = f" in {format_duration(self.last_predict.elapsed)}" if self.last_predict is not None else ""
+            set_status(self.status, f"Round {value.number}: the whole image is predicted{took} "
                                     f"({value.prediction_path}). Correct the labels where it is wrong and press "
                                     "Train more, or save the model.")
 
@@ -504,6 +505,7 @@ class TrainWidget(TaskWidget):
                                 f"recorded in {r.path}")
 
     def _on_predict_event(self, event) -> None:
+        self.last_predict = event
         if event.kind == "start" or (event.kind == "done" and self.probability_layer is None):
             self._show_prediction(self._predicting)
         for layer in (self.probability_layer, self.prediction_labels_layer):
