@@ -62,6 +62,9 @@ NORMALISATIONS = {
     "none": Normalisation(),
 }
 NETWORK_NAMES = {"unet": "U-Net", "msdnet": "MSDNet"}
+#: training reports every this many steps, and the widget redraws at most this often (s):
+#: redrawing at every step cost up to half the training steps on a busy 2-core machine
+STEP_EVENTS, REDRAW_SECONDS = 5, 0.3
 
 
 def _normalisation_choice(mode: str) -> str:
@@ -187,7 +190,7 @@ class TrainWidget(TaskWidget):
         self.prediction_labels_layer = None
         self._mode = "train"
         self._budget = 60.0
-        self._t0 = 0.0
+        self._t0 = self._drawn = 0.0
         self._loss = None
         self._f1: tuple | None = None
         self._image = None
@@ -380,7 +383,8 @@ class TrainWidget(TaskWidget):
         kwargs = dict(source=source, labels=level0(labels), recipe=recipe, grid=grid, class_names=class_list,
                       budget=self._budget, add_image_axis=not self._each_time_point,
                       parent=parent, parent_model=parent_model, axes=grid.axes, scale=tuple(labels.scale),
-                      translate=tuple(labels.translate), overrides=dict(self.config_overrides),
+                      translate=tuple(labels.translate),
+                      overrides={"log_every": STEP_EVENTS, **self.config_overrides},
                       name=self.name_edit.value.strip() or image.name)
         return self._work, (), {"source": source, "rounds": rounds, "round_kwargs": kwargs,
                                 "predict_after": bool(self.predict_check.value),
@@ -466,6 +470,10 @@ class TrainWidget(TaskWidget):
             self._loss = event.loss
         if event.val_f1 is not None:
             self._f1 = (event.val_f1, event.val_f1_per_class)
+        now = time.perf_counter()
+        if event.kind == "step" and now - self._drawn < REDRAW_SECONDS:
+            return
+        self._drawn = now
         self.progress.value = int(1000 * min(1.0, (time.perf_counter() - self._t0) / max(self._budget, 1e-9)))
         parts = [NETWORK_NAMES.get(event.member, event.member or "network"), f"step {thousands(event.step)}"]
         if self._loss is not None:
