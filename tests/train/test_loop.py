@@ -217,3 +217,14 @@ def test_combine_keeps_one_network_as_it_is():
     assert combine([net]) is net
     both = combine([net, torch.nn.Conv2d(1, 2, 1)])
     assert isinstance(both, Ensemble) and both.output == "log"
+
+
+def test_train_more_continues_a_round_that_stopped_after_its_first_network(tmp_path, tomogram):
+    rounds = Rounds.open(tmp_path / "t.rounds", SHAPE)
+    steps = []
+    stopped, _ = run(iter_round(rounds, open_source(tomogram.image, axes="zyx"), napari_labels(tomogram),
+                                recipe=RECIPE, class_names=NAMES, overrides=TINY, stop=lambda: len(steps) >= 1),
+                     lambda e: steps.append(e) if isinstance(e, TrainEvent) and e.kind == "step" else None)
+    more, _ = a_round(rounds, tomogram, napari_labels(tomogram), parent=stopped.round, parent_model=stopped.model)
+    assert [m["arch"] for m in more.round.attrs["members"]] == ["unet"]
+    assert more.round.parent == stopped.round.number

@@ -60,7 +60,8 @@ PAPER = {
 TRAIN_WINDOW, TRAIN_STEP = DEFAULT_RECIPE.window, DEFAULT_RECIPE.step
 
 
-INFER_WINDOW, INFER_STEP, INFER_BORDER = DEFAULT_RECIPE.infer_window, DEFAULT_RECIPE.infer_step, DEFAULT_RECIPE.infer_border
+INFER_WINDOW, INFER_STEP = DEFAULT_RECIPE.infer_window, DEFAULT_RECIPE.infer_step
+INFER_BORDER = DEFAULT_RECIPE.infer_border
 
 
 F1_TARGET, SEAM_TOLERANCE = 0.85, 0.02
@@ -287,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = PairsDataset(pairs_path)
     intensity = recipe.intensity().fit(x)  # statistics of the whole volume; the models keep the mode
     pairs = as_pairs(dataset)  # read the zarr once for both networks (the trainer maps the intensities)
-    split = hold_out(pairs.labels, dataset.positions, recipe.validation, args.train_seed, ignore_label=pairs.ignore_label)
+    split = hold_out(pairs.labels, dataset.positions, recipe.validation, args.train_seed,
+                     ignore_label=pairs.ignore_label)
     train_set = (pairs.images[split.train], split.train_labels)
     val_set = (pairs.images[split.val], pairs.labels[split.val]) if len(split.val) else None
     timings["read pairs"] = time.perf_counter() - t

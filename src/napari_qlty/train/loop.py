@@ -104,10 +104,10 @@ def iter_round(
                            name=name, seed=seed, budget=budget, recipe=recipe.to_json(),
                            normalisation=recipe.intensity().to_json(), classes=list(class_names))
     try:
-        result = yield from _train(pending, source, labels, recipe=recipe, grid=grid, class_names=class_names, classes=classes,
-                                   budget=budget, seed=seed,
-                                   add_image_axis=add_image_axis, more=more, parent_model=parent_model, axes=axes,
-                                   scale=scale, translate=translate, stop=stop, overrides=overrides or {}, t0=t0)
+        result = yield from _train(pending, source, labels, recipe=recipe, grid=grid, class_names=class_names,
+                                   classes=classes, budget=budget, seed=seed, add_image_axis=add_image_axis,
+                                   more=more, parent_model=parent_model, axes=axes, scale=scale,
+                                   translate=translate, stop=stop, overrides=overrides or {}, t0=t0)
     except BaseException:
         pending.discard()
         raise
@@ -142,6 +142,7 @@ def _train(pending: PendingRound, source, labels, *, recipe, grid, class_names, 
     models = None
     if more:  # a copy: the parent round's model stays as it was recorded
         models = members_of(copy.deepcopy(parent_model), len(configs))
+        configs = configs[: len(models)]  # a round stopped early has the first networks only
     trained = yield from iter_train_members(configs, train, val, ndim=ndim, models=models, budget=budget,
                                             stop=stop, intensity=intensity, class_names=class_names)
     if not trained:

@@ -151,10 +151,11 @@ def model_factory(configs: Sequence[TrainConfig], ndim: int) -> tuple[str, dict]
 
 
 def members_of(model: torch.nn.Module, count: int) -> list[torch.nn.Module]:
-    """The networks of a model :func:`combine` made (or that a round's checkpoint reloads)."""
+    """The networks of a model :func:`combine` made (or that a round's checkpoint reloads):
+    the first of a recipe's ``count`` networks (all of them unless its training stopped)."""
     members = list(model.members) if isinstance(model, Ensemble) else [model]
-    if len(members) != count:
-        raise ValueError(f"the model has {len(members)} network(s), the recipe {count}: "
+    if len(members) > count:
+        raise ValueError(f"the model has {len(members)} networks, the recipe {count}: "
                          "continue it with the recipe it was trained with")
     return members
 

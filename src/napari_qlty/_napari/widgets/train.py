@@ -246,7 +246,8 @@ class TrainWidget(TaskWidget):
 
     def _refresh_rounds(self, *_) -> None:
         path = self.rounds_path()
-        self.rounds_hint.value = f"(default: {path})" if path is not None and is_blank_path(self.rounds_edit.value) else ""
+        default = path is not None and is_blank_path(self.rounds_edit.value)
+        self.rounds_hint.value = f"(default: {path})" if default else ""
         try:
             self.round_combo.reset_choices()
         except RuntimeError:  # the widget is gone
