@@ -395,9 +395,11 @@ def _iter_train(config, train_data, val_data, *, model, checkpoint, stop, intens
     ignore = train_pairs.ignore_label
     ndim = train_pairs.labels.ndim - 1
     sampler = _sampler(config, train_pairs, augment=config.augment, seed=config.seed)
-    val_batches = []
+    val_batches, val_pairs = [], None
     if val_data is not None and len(val_data):
-        val_sampler = _sampler(config, as_pairs(val_data, intensity=intensity), augment=False, seed=config.seed + 1)
+        val_pairs = as_pairs(val_data, intensity=intensity)
+    if val_pairs is not None and len(val_pairs):
+        val_sampler = _sampler(config, val_pairs, augment=False, seed=config.seed + 1)
         val_batches = val_sampler.fixed_batches(config.val_samples, config.batch_size, seed=config.seed + 1)
     if model is None:
         model = build_model(config, ndim)
@@ -433,7 +435,7 @@ def _iter_train(config, train_data, val_data, *, model, checkpoint, stop, intens
               "classes": list(class_names) if class_names is not None else None}
     weights_text = "none" if weight is None else "[" + ", ".join(f"{w:.2f}" for w in weight.tolist()) + "]"
     yield TrainEvent("start", 0, total_steps, 0, config.epochs, time.perf_counter() - t0,
-                     message=f"{len(train_pairs)} training pairs, {len(val_data) if val_data is not None else 0} "
+                     message=f"{len(train_pairs)} training pairs, {len(val_pairs) if val_pairs is not None else 0} "
                              f"validation; labelled voxels per class {counts.tolist()}, class weights {weights_text}")
     net.train()
     step, losses_step, losses_epoch = 0, [], []
