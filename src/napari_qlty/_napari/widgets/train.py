@@ -254,13 +254,6 @@ class TrainWidget(TaskWidget):
             return
         self._on_round_chosen()
 
-    def _on_layers_changed(self, event=None) -> None:
-        super()._on_layers_changed(event)
-        try:
-            self._refresh_rounds()
-        except RuntimeError:
-            pass
-
     def _on_round_chosen(self, *_) -> None:
         """Going back to a round: its model is the one in use, its prediction is shown."""
         number = self.round_combo.value
@@ -296,7 +289,7 @@ class TrainWidget(TaskWidget):
         return self._models[key]
 
     def _register(self, model, r: rounds_io.Round) -> str:
-        base = self.name_edit.value.strip() or r.attrs.get("name") or (self._image.name if self._image else "model")
+        base = r.attrs.get("name") or self.name_edit.value.strip() or "model"
         name = f"{base} · round {r.number}"
         taken = registered_models()
         unique, k = name, 2
