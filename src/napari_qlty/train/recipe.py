@@ -5,8 +5,8 @@ What ``make demo`` learnt on the synthetic tomogram (``docs/demo.md``,
 drift apart:
 
 * intensities mapped to zero mean and unit variance over the whole image;
-* training windows 64, step 32, no border band; 20 % of the labelled voxels held out in
-  windows no training label overlaps (:func:`napari_qlty.core.holdout.hold_out`);
+* training windows 64, step 32, no border band; at most about 20 % of the labelled voxels
+  held out in windows no training label overlaps (:func:`napari_qlty.core.holdout.hold_out`);
 * an ensemble of two 2.5D networks (:data:`~napari_qlty.train.trainer.DEFAULT_NETS`:
   a U-Net with batch norm, which draws filaments too thick, and an MSDNet, whose
   boundary wanders from seed to seed; their mean is steadier than either), each 500
@@ -18,7 +18,7 @@ drift apart:
 
 A time budget is shared between the networks as the demo does: each gets an equal part
 of what is left when its turn comes. "Train more" continues every network from its
-current weights at a third of the learning rate for a quarter of the steps.
+current weights at a third of the learning rate for a quarter of the epochs.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from ..core.grid import Grid
 from ..core.inference import NORMALISATION_ATTRIBUTE
 from ..core.intensity import Normalisation
 from .ensemble import Ensemble, ensemble_factory
-from .trainer import TrainConfig, TrainEvent, _stop_requested, build_model, iter_train, saved_factory
+from .trainer import TrainConfig, TrainEvent, stop_requested, build_model, iter_train, saved_factory
 
-__all__ = ["DEFAULT_RECIPE", "Recipe", "combine", "iter_train_members", "model_factory"]
+__all__ = ["DEFAULT_RECIPE", "Recipe", "combine", "iter_train_members", "members_of", "model_factory"]
 
 
 @dataclass(frozen=True)
@@ -196,6 +196,6 @@ def iter_train_members(
             yield last
         if last is not None and last.step:
             trained.append((config, model, last))
-        if _stop_requested(stop):
+        if stop_requested(stop):
             break
     return trained

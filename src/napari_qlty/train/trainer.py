@@ -310,7 +310,7 @@ def deployable(model: torch.nn.Module, log_weight: torch.Tensor | None, *, copy:
     return out
 
 
-def _stop_requested(stop) -> bool:
+def stop_requested(stop) -> bool:
     if stop is None:
         return False
     if isinstance(stop, threading.Event):
@@ -443,7 +443,7 @@ def _iter_train(config, train_data, val_data, *, model, checkpoint, stop, intens
     history: dict = {}
     for epoch in range(1, config.epochs + 1):
         for _ in range(config.steps_per_epoch):
-            if _stop_requested(stop):
+            if stop_requested(stop):
                 kind = "stopped"
                 break
             if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
