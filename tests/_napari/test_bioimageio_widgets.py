@@ -59,23 +59,30 @@ def test_a_package_in_tiled_inference(viewer, sample_layers, tmp_path, qtbot):
 
 
 def test_train_then_export_for_bioimageio(viewer, sample_layers, tmp_path, qtbot):
+    """A round trained in the Train widget leaves as a package that validates and carries
+    the round's normalisation and class names."""
     from napari_qlty._napari import unregister_model
+    from napari_qlty._napari._registry import registered_models
     from napari_qlty._napari.widgets.train import TrainWidget
+    from napari_qlty.io import labels_store
 
     image, sparse = sample_layers
     viewer.add_image(image, name="tomogram")
-    viewer.add_labels(sparse, name="sparse")
+    store = labels_store.create(tmp_path / "strokes.zarr", image.shape, {1: "background", 2: "filament"})
+    store[...] = sparse.astype(np.uint8)
+    viewer.add_labels(store, name="strokes",
+                      features=labels_store.features_table({1: "background", 2: "filament"}))
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.window_edit.value, widget.step_edit.value = "32", "16"
-    widget.config_overrides = {"net": {"channels": 4, "levels": 2}, "patch": 16, "batch_size": 2,
-                               "steps_per_epoch": 2, "val_samples": 4, "threads": 1, "epochs": 1,
-                               "max_seconds": None}
-    widget.name_edit.value = "exported model"
+    widget.config_overrides = {"nets": {"unet": {"channels": 4, "levels": 1}}, "patch": 16, "batch_size": 2,
+                               "epochs": 1, "steps_per_epoch": 2, "val_samples": 4, "threads": 1}
+    widget.predict_check.value = False
+    before = set(registered_models())
     widget.package_button.native.click()  # the button, before any training
     assert "train a model first" in widget.status.value
     try:
-        widget.run()
+        widget.train()
         wait_idle(qtbot, widget)
         assert widget.outcome == "done", widget.status.value
         widget.save_path.value = tmp_path / "model.pt"
@@ -84,8 +91,10 @@ def test_train_then_export_for_bioimageio(viewer, sample_layers, tmp_path, qtbot
         assert written.is_file(), widget.status.value
         assert "bioimage.io package" in widget.status.value
         package = read_package(written)
-        assert package.name == "exported model" and package.input.space == ("z", "y", "x")
-        assert package.input.processing.describe().startswith("scale_range")  # the widget's percentile default
-        assert len(package.classes) == len(widget.recipe["classes"])
+        assert package.name == "tomogram - round 1"  # the Zoo allows no '·' in a name
+        assert package.input.space == ("z", "y", "x")
+        assert package.input.processing.describe().startswith("zero_mean_unit_variance")  # the recipe's default
+        assert package.classes == ("background", "filament")
     finally:
-        unregister_model("exported model")
+        for name in set(registered_models()) - before:
+            unregister_model(name)

@@ -15,8 +15,8 @@ from napari_qlty.core.intensity import Normalisation
 from napari_qlty.io.locks import LOCK_NAME
 
 TIMEOUT_MS = 90_000
-TINY = {"net": {"channels": 4, "levels": 2}, "patch": 16, "batch_size": 2, "steps_per_epoch": 3,
-        "val_samples": 4, "threads": 1, "epochs": 2, "max_seconds": None}
+TINY = {"nets": {"unet": {"channels": 4, "levels": 2}, "msdnet": {"layers": 3, "max_dilation": 2}}, "patch": 16,
+        "batch_size": 2, "steps_per_epoch": 3, "val_samples": 4, "threads": 1, "epochs": 2}
 
 
 def wait_idle(qtbot, widget) -> None:
@@ -116,6 +116,7 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
     """Train on a uint16 volume (percentile normalisation), save the model, load it in
     Tiled inference, and get what the same network gives on the whole volume."""
     from napari_qlty._napari import unregister_model
+    from napari_qlty._napari._registry import registered_models
     from napari_qlty._napari.widgets.inference import MODEL_FILE, InferenceWidget
     from napari_qlty._napari.widgets.train import TrainWidget
     from napari_qlty.cli import main
@@ -128,7 +129,9 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
     viewer.window.add_dock_widget(train)
     train.window_edit.value, train.step_edit.value = "32", "16"
     train.config_overrides = dict(TINY)
+    train.normalisation_combo.value = "percentile 1-99.8"
     train.name_edit.value = "u16 model"
+    train.predict_check.value = False
     try:
         train.run()
         wait_idle(qtbot, train)
@@ -137,7 +140,7 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
         # a second run under the same name keeps the first model
         train.run()
         wait_idle(qtbot, train)
-        assert train.model_name == "u16 model (2)" and "exists already" in train.status.value
+        assert train.model_name == "u16 model · round 2" and "u16 model · round 1" in registered_models()
         train.save_path.value = tmp_path / "model.pt"
         train.save()
         assert train.saved_to == tmp_path / "model.pt", train.status.value
@@ -148,9 +151,9 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
         inference.model_combo.value = MODEL_FILE
         inference.model_path.value = tmp_path / "model.pt"
         assert "napari-qlty model" in inference.model_hint.value and "percentile" in inference.model_hint.value
-        assert inference.window_edit.value == "32"  # the model's own window
-        inference.step_edit.value, inference.border_edit.value = "16", "8"
-        inference.border_weight_spin.value = 0.0
+        # the recipe's inference settings, clipped to the image
+        assert (inference.window_edit.value, inference.border_edit.value) == ("32, 64, 48", "10")
+        inference.window_edit.value, inference.step_edit.value, inference.border_edit.value = "32", "16", "8"
         inference.output_edit.value = tmp_path / "out.zarr"
         inference.run()
         wait_idle(qtbot, inference)
@@ -172,8 +175,8 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
         cli = Prediction(tmp_path / "cli.zarr").probabilities()[...]
         np.testing.assert_allclose(cli, got, atol=1e-5)
     finally:
-        unregister_model("u16 model")
-        unregister_model("u16 model (2)")
+        unregister_model("u16 model · round 1")
+        unregister_model("u16 model · round 2")
 
 
 def test_training_on_one_class_is_refused(viewer, qtbot, tomogram):
@@ -189,8 +192,10 @@ def test_training_on_one_class_is_refused(viewer, qtbot, tomogram):
     train.run()
     wait_idle(qtbot, train)
     assert train.outcome == "error"
-    assert "only class 0" in train.status.value and "at least two classes" in train.status.value
-    assert train.model is None and not train.save_button.enabled
+    assert ("labels layer 'background only' holds strokes of one class only (label 1)" in train.status.value
+            and "at least two classes" in train.status.value)
+    assert train.model is None and not train.save_button.enabled and train.rounds_path() is not None
+    assert not train.rounds_path().exists()  # refused before anything was written
 
 
 def test_time_lapse_runs_each_time_point_with_a_3d_model(viewer, layers, qtbot, tmp_path):

@@ -245,7 +245,9 @@ def test_napari_sample_small_layer_data(tomo: Tomogram):
     assert [kind for _, _, kind in layers] == ["image", "labels", "labels"]
     (image, image_meta, _), (sparse, sparse_meta, _), (truth, truth_meta, _) = layers
     assert image_meta == {"name": "tomogram"}
-    assert sparse_meta == {"name": "sparse labels"}
+    assert sparse_meta["name"] == "sparse labels"
+    features = sparse_meta["features"]  # napari's status bar and the widgets name the classes
+    assert list(features["index"]) == [0, 1, 2] and list(features["class"]) == ["unlabelled", "background", "filament"]
     assert truth_meta == {"name": "ground truth", "visible": False}
     assert image.dtype == np.float32 and np.array_equal(image, tomo.image)
     assert sparse.dtype == np.uint8 and truth.dtype == np.uint8

@@ -139,6 +139,16 @@ class ChannelView:
         return out.astype(dtype) if dtype is not None else out
 
 
+def store_views(store, kind: str, channel: int | None = None, image: int | None = 0) -> tuple[object, bool]:
+    """(layer data, multiscale) of one kind of a prediction store (``"probabilities"`` one
+    ``channel`` of, ``"labels"`` or ``"uncertainty"``): every pyramid level, finest first,
+    for a multiscale layer, or the one level there is."""
+    read = getattr(store, kind)
+    views = [ChannelView(read(level), channel if kind != "labels" else None, image=image)
+             for level in range(store.levels)]
+    return (views, True) if len(views) > 1 else (views[0], False)
+
+
 # -- paths -------------------------------------------------------------------------------
 def default_output_dir() -> Path:
     """``<temp>/napari-qlty``: where outputs go when no path is chosen."""

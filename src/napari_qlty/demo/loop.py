@@ -34,6 +34,8 @@ from .. import Grid, Weighting, infer
 from ..data.tomogram import PAPER_SHAPE, make_tomogram
 from ..io.pairs_store import PairsDataset, export_pairs
 from ..run import predict
+from ..train.recipe import DEFAULT_RECIPE, Recipe
+from ..train.trainer import TrainConfig
 from .figure import figure2
 
 DEMO_SHAPE: tuple[int, int, int] = (128, 236, 236)
@@ -54,20 +56,15 @@ PAPER = {
 }
 
 
-TRAIN_WINDOW, TRAIN_STEP = 64, 32
+#: the recipe the demo and the Train widget share (napari_qlty.train.recipe)
+TRAIN_WINDOW, TRAIN_STEP = DEFAULT_RECIPE.window, DEFAULT_RECIPE.step
 
 
-INFER_WINDOW, INFER_STEP, INFER_BORDER = 128, 108, 10
+INFER_WINDOW, INFER_STEP = DEFAULT_RECIPE.infer_window, DEFAULT_RECIPE.infer_step
+INFER_BORDER = DEFAULT_RECIPE.infer_border
 
 
 F1_TARGET, SEAM_TOLERANCE = 0.85, 0.02
-
-
-#: the two members of the ensemble (2.5D: 2D networks on slices with 2 neighbours a side)
-NETWORKS = {
-    "unet": {"arch": "unet", "net": {"channels": 8, "levels": 2, "norm": "batch"}},
-    "msdnet": {"arch": "msdnet", "net": {"layers": 20, "width": 1, "max_dilation": 8}},
-}
 
 
 # -- printing ---------------------------------------------------------------------------
@@ -131,44 +128,42 @@ def table2(stats, shape) -> str:
 
 
 # -- 3. training ------------------------------------------------------------------------
-def train_members(train_set, val_set, out: Path, args) -> tuple[list, list[Path], float]:
-    from ..train import TrainConfig, train
+def demo_recipe(args) -> Recipe:
+    """The shared recipe, with the hidden knobs' changes."""
+    from dataclasses import replace
 
-    members, paths = [], []
-    t0 = time.perf_counter()
-    names = list(NETWORKS)
-    for i, name in enumerate(names):
-        spec = NETWORKS[name]
-        remaining = None
-        if args.max_train_seconds:
-            remaining = max(1.0, (args.max_train_seconds - (time.perf_counter() - t0)) / (len(names) - i))
-        config = TrainConfig(
-            arch=spec["arch"], net=dict(spec["net"]), planar=True, context=2, axes=tuple(args.axes),
-            patch=args.patch, batch_size=args.batch_size, epochs=args.epochs,
-            steps_per_epoch=args.steps_per_epoch, lr=args.lr, class_weight_power=0.5,
-            seed=args.seed + i, device=args.device, max_seconds=remaining,
-            log_every=max(1, args.steps_per_epoch),
-        )
-        print(f"  {name}: {spec['net']}, 2.5D (2 neighbouring slices a side), "
+    return replace(DEFAULT_RECIPE, window=args.train_window, step=args.train_step,
+                   infer_window=args.infer_window, infer_step=args.infer_step, infer_border=args.infer_border)
+
+
+def train_members(train_set, val_set, out: Path, args, recipe: Recipe, intensity) -> tuple[list, list[Path], float]:
+    from ..train.recipe import iter_train_members
+
+    configs = recipe.configs(ndim=3, classes=2, seed=args.train_seed, axes=tuple(args.axes), patch=args.patch,
+                             batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+                             lr=args.lr, device=args.device, log_every=max(1, args.steps_per_epoch))
+    for config in configs:
+        print(f"  {config.arch}: {config.net}, 2.5D ({config.context} neighbouring slices a side), "
               f"{config.steps} steps of {config.batch_size} crops {config.patch}x{config.patch}", flush=True)
-        path = out / f"{name}.pt"
+    t0 = time.perf_counter()
+    paths = [out / f"{config.arch}.pt" for config in configs]
+    trained = yield_all(iter_train_members(configs, train_set, val_set, ndim=3, budget=args.max_train_seconds,
+                                           checkpoints=paths, intensity=intensity),
+                        lambda event: print(f"    {event.member:<7}{event.line()}", flush=True)
+                        if event.kind in ("start", "epoch", "done", "stopped") else None)
+    return [model for _, model, _ in trained], paths[: len(trained)], time.perf_counter() - t0
 
-        def show(event, name=name):
-            if event.kind in ("start", "epoch", "done", "stopped"):
-                print(f"    {name:<7}{event.line()}", flush=True)
 
-        result = train(config, train_set, val_set, checkpoint=path, on_event=show)
-        members.append(result.model)
-        paths.append(path)
-    return members, paths, time.perf_counter() - t0
+def yield_all(events, show):
+    """Run a generator to its end, showing each event; its return value."""
+    while True:
+        try:
+            show(next(events))
+        except StopIteration as done:
+            return done.value
 
 
 # -- 4. inference -----------------------------------------------------------------------
-def inference_grid(shape, window: int, step: int, border: int) -> Grid:
-    pad = "reflect" if any(window > s for s in shape) else None
-    return Grid(shape, window=window, step=step, border=border, pad=pad)
-
-
 def table3(grid: Grid, seconds: float, model_windows: int) -> str:
     rows = []
     for axis, name in enumerate("ZYX"):
@@ -217,19 +212,23 @@ def parse_args(argv):
     # hidden knobs (tests, experiments)
     h = argparse.SUPPRESS
     p.add_argument("--shape", default=None, help=h)
-    p.add_argument("--epochs", type=int, default=5, help=h)
-    p.add_argument("--steps-per-epoch", type=int, default=100, help=h)
-    p.add_argument("--batch-size", type=int, default=8, help=h)
-    p.add_argument("--patch", type=int, default=48, help=h)
-    p.add_argument("--lr", type=float, default=3e-3, help=h)
-    p.add_argument("--axes", default="0", help=h)
+    default = TrainConfig()
+    p.add_argument("--epochs", type=int, default=default.epochs, help=h)
+    p.add_argument("--steps-per-epoch", type=int, default=default.steps_per_epoch, help=h)
+    p.add_argument("--batch-size", type=int, default=default.batch_size, help=h)
+    p.add_argument("--patch", type=int, default=default.patch, help=h)
+    p.add_argument("--lr", type=float, default=default.lr, help=h)
+    p.add_argument("--axes", default="".join(map(str, default.axes)), help=h)
     p.add_argument("--train-window", type=int, default=TRAIN_WINDOW, help=h)
     p.add_argument("--train-step", type=int, default=TRAIN_STEP, help=h)
     p.add_argument("--infer-window", type=int, default=INFER_WINDOW, help=h)
     p.add_argument("--infer-step", type=int, default=INFER_STEP, help=h)
     p.add_argument("--infer-border", type=int, default=INFER_BORDER, help=h)
     p.add_argument("--annotated-fraction", type=float, default=6e-4, help=h)
+    p.add_argument("--train-seed", type=int, default=None, help=h)  # default: --seed
     args = p.parse_args(argv)
+    if args.train_seed is None:
+        args.train_seed = args.seed
     args.axes = [int(c) for c in str(args.axes).replace(",", "")]
     if args.shape:
         args.shape = tuple(int(s) for s in args.shape.split(","))
@@ -266,9 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     print("  " + line)
 
     # 2 ------------------------------------------------------------------------------
-    section(f"2. training pairs: window {args.train_window}, step {args.train_step}, border 0 (Table 2)")
+    recipe = demo_recipe(args)
+    section(f"2. training pairs: window {recipe.window}, step {recipe.step}, border {recipe.border} (Table 2)")
     t = time.perf_counter()
-    train_grid = Grid(shape, window=tuple(min(args.train_window, s) for s in shape), step=args.train_step)
+    train_grid = recipe.training_grid(shape)
     pairs_path = out / "pairs.zarr"
     for _written, _total, stats in export_pairs(x.numpy(), annotations[None], train_grid, pairs_path,
                                                 overwrite=True):
@@ -278,34 +278,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  written to {pairs_path} in {fmt_s(timings['export'])}")
 
     # 3 ------------------------------------------------------------------------------
-    section("3. training an ensemble (masked cross-entropy, Adam, 20 % of the windows for validation)")
-    dataset = PairsDataset(pairs_path)
-    train_set, val_set = dataset.split(0.2, seed=args.seed)
-    if len(train_set) == 0:
-        train_set = val_set
-    print(f"  {len(train_set)} training windows, {len(val_set)} validation windows (windows overlap, "
-          "so validation labels are partly seen in training: the validation F1 is optimistic)")
-    from ..train import Ensemble, as_pairs, save_ensemble
+    section("3. training an ensemble (masked cross-entropy, Adam, 20 % of the labels held out for validation)")
+    from ..core.holdout import hold_out
+    from ..train import as_pairs, save_ensemble
+    from ..train.recipe import combine
 
     args.max_train_seconds = args.max_train_seconds or None
     t = time.perf_counter()
-    train_pairs = as_pairs(train_set)  # read the zarr once for both networks
-    val_pairs = as_pairs(val_set) if len(val_set) else None
+    dataset = PairsDataset(pairs_path)
+    intensity = recipe.intensity().fit(x)  # statistics of the whole volume; the models keep the mode
+    pairs = as_pairs(dataset)  # read the zarr once for both networks (the trainer maps the intensities)
+    split = hold_out(pairs.labels, dataset.positions, recipe.validation, args.train_seed,
+                     ignore_label=pairs.ignore_label)
+    train_set = (pairs.images[split.train], split.train_labels)
+    val_set = (pairs.images[split.val], pairs.labels[split.val]) if len(split.val) else None
     timings["read pairs"] = time.perf_counter() - t
-    members, paths, timings["train"] = train_members(train_pairs, val_pairs, out, args)
-    model = Ensemble(members).eval()
-    ens_path = save_ensemble(model, out / "ensemble.pt", paths)
+    print(f"  {len(split.train)} training windows, {len(split.val)} validation windows holding "
+          f"{split.val_voxels} of the {split.labelled_voxels} labelled voxels (no training label lies in a "
+          "validation window)")
+    members, paths, timings["train"] = train_members(train_set, val_set, out, args, recipe, intensity)
+    model = combine(members).eval()
+    ens_path = save_ensemble(model, out / "ensemble.pt", paths) if len(members) > 1 else paths[0]
     print(f"  trained in {fmt_s(timings['train'])}; checkpoints {', '.join(p.name for p in paths)} and "
-          f"{ens_path.name} (state dict + JSON recipe) in {out}")
+          f"{ens_path.name} (weights + recipe) in {out}")
 
     # 4 ------------------------------------------------------------------------------
-    section(f"4. inference: window {args.infer_window}, step {args.infer_step}, border {args.infer_border}, "
-            f"border weight 0 (Table 3)")
-    grid = inference_grid(shape, args.infer_window, args.infer_step, args.infer_border)
+    section(f"4. inference: window {recipe.infer_window}, step {recipe.infer_step}, border {recipe.infer_border}, "
+            f"border weight {recipe.border_weight:g} (Table 3)")
+    grid = recipe.inference_grid(shape)
     prediction = out / "prediction.zarr"
     t = time.perf_counter()
-    predict(model, x.numpy(), grid, prediction, weighting=Weighting("border", border_weight=0.0),
-            batch_size=1, device=args.device, overwrite=True)
+    predict(model, x.numpy(), grid, prediction, weighting=Weighting("border", border_weight=recipe.border_weight),
+            batch_size=1, device=args.device, postprocess="softmax", overwrite=True)
     timings["inference"] = time.perf_counter() - t
     print(table3(grid, timings["inference"], len(grid)))
     print(f"  {paper_grid_note()}")

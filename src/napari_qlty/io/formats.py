@@ -26,6 +26,8 @@ PAIRS = "napari-qlty/training-pairs/1"
 LABELS = "napari-qlty/labels/1"
 CHECKPOINT = "napari-qlty/checkpoint/1"
 PACKAGE = "napari-qlty/bioimageio-package/1"
+ROUNDS = "napari-qlty/rounds/1"
+ROUND = "napari-qlty/round/1"
 
 DESCRIPTIONS = {
     PREDICTION: "a napari-qlty prediction",
@@ -34,6 +36,8 @@ DESCRIPTIONS = {
     LABELS: "a napari-qlty sparse-labels store",
     CHECKPOINT: "a napari-qlty model checkpoint",
     PACKAGE: "a bioimage.io package exported by napari-qlty",
+    ROUNDS: "the training rounds of a napari-qlty loop",
+    ROUND: "a napari-qlty training round",
 }
 
 #: older formats of ours a new store may replace (with ``overwrite``); never resumed or misread

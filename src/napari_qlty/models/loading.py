@@ -248,10 +248,10 @@ def _load_state_dict(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
 def describe(module: torch.nn.Module, recipe: dict) -> torch.nn.Module:
     """Attach what a checkpoint says about its model: the normalisation it was trained
     with (applied by itself in :func:`~napari_qlty.infer` and :func:`~napari_qlty.predict`),
-    and its window, axes and class names (shown by the plugin)."""
+    and its window, axes, class names and inference settings (used by the plugin)."""
     if recipe.get("normalisation"):
         setattr(module, NORMALISATION_ATTRIBUTE, Normalisation.from_json(recipe["normalisation"]))
-    info = {k: recipe.get(k) for k in ("window", "axes", "classes", "name") if recipe.get(k) is not None}
+    info = {k: recipe.get(k) for k in ("window", "axes", "classes", "name", "inference") if recipe.get(k) is not None}
     module.napari_qlty_info = info
     return module
 

@@ -27,7 +27,7 @@ from ..models.factories import check_trusted
 from ..models.loading import import_factory
 from .trainer import load_checkpoint, save_checkpoint
 
-__all__ = ["Ensemble", "ensemble", "load_ensemble", "save_ensemble"]
+__all__ = ["Ensemble", "ensemble", "ensemble_factory", "load_ensemble", "save_ensemble"]
 
 ENSEMBLE_FACTORY = "napari_qlty.train.ensemble:ensemble"
 
@@ -94,6 +94,15 @@ def ensemble(members: Sequence[dict], weights: Sequence[float] | None = None,
     return Ensemble(modules, weights=weights, output=output)
 
 
+def ensemble_factory(members: Sequence[tuple[str, dict]], weights: Sequence[float] | None = None,
+                     output: str = "probabilities") -> tuple[str, dict]:
+    """``(factory, kwargs)`` that rebuild an ensemble of members given as ``(factory, kwargs)``."""
+    n = len(members)
+    w = [1.0 / n] * n if weights is None else [float(v) for v in weights]
+    return ENSEMBLE_FACTORY, {"members": [{"factory": f, "factory_kwargs": dict(k)} for f, k in members],
+                              "weights": w, "output": output}
+
+
 def load_ensemble(paths: Sequence[str | Path], weights: Sequence[float] | None = None,
                   output: str = "probabilities", device: str = "cpu") -> Ensemble:
     """An ensemble of the checkpoints at ``paths`` (see :func:`napari_qlty.train.save_checkpoint`)."""
@@ -111,9 +120,9 @@ def save_ensemble(model: Ensemble, path: str | Path, member_paths: Sequence[str 
         recipe = checkpoint_recipe(p)
         if recipe is None:
             raise ValueError(f"{p} is not a napari-qlty checkpoint")
-        recipes.append({"factory": recipe["factory"], "factory_kwargs": recipe.get("factory_kwargs") or {}})
+        recipes.append((recipe["factory"], recipe.get("factory_kwargs") or {}))
         for key in ("window", "axes", "classes", "normalisation"):  # what the members share
             if recipe.get(key) is not None:
                 shared.setdefault(key, recipe[key])
-    return save_checkpoint(model, path, ENSEMBLE_FACTORY,
-                           {"members": recipes, "weights": model.weights, "output": model.output}, shared)
+    factory, kwargs = ensemble_factory(recipes, model.weights, model.output)
+    return save_checkpoint(model, path, factory, kwargs, shared)

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from copy import deepcopy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,32 +90,43 @@ def class_weights(counts: Sequence[int], power: float = 0.5) -> torch.Tensor:
 
 
 # -- configuration and events ------------------------------------------------------------
+#: the networks the demo settled on (docs/demo.md): a 2-level U-Net with batch norm (folded
+#: into its convolutions when saved), and a 20-layer mixed-scale dense network
+DEFAULT_NETS: dict[str, dict] = {
+    "unet": {"channels": 8, "levels": 2, "norm": "batch"},
+    "msdnet": {"layers": 20, "width": 1, "max_dilation": 8},
+}
+
+
 @dataclass
 class TrainConfig:
     """What to train and how. Plain data: it is written into every checkpoint's JSON."""
 
     arch: str = "unet"
     """``"unet"`` or ``"msdnet"``."""
-    net: dict = field(default_factory=dict)
+    net: dict | None = None
     """Keyword arguments of the network (``channels``, ``levels``; ``layers``, ``width``,
-    ``max_dilation``; ``norm``)."""
+    ``max_dilation``; ``norm``). None: the architecture's :data:`DEFAULT_NETS` entry."""
     planar: bool = True
     """True: a 2D network on 2.5D slices (:class:`~napari_qlty.train.networks.Planar`);
     False: a network with as many dimensions as the pairs' windows."""
     context: int = 2
     """Planar: neighbouring slices on either side given as channels."""
-    axes: tuple[int, ...] = (0, 1, 2)
-    """Planar: orientations averaged at inference (0: XY slices, 1: XZ, 2: YZ)."""
+    axes: tuple[int, ...] = (0,)
+    """Planar: orientations averaged at inference (0: XY slices, 1: XZ, 2: YZ). XY alone
+    costs a third of all three, which scored within -0.025 to +0.011 of it (docs/demo.md)."""
     train_axes: tuple[int, ...] = (0, 1, 2)
     """Planar: orientations sampled in training."""
     classes: int = 2
     patch: int = 48
     batch_size: int = 8
     epochs: int = 10
-    steps_per_epoch: int = 25
-    lr: float = 2e-3
+    steps_per_epoch: int = 50
+    lr: float = 3e-3
     final_lr: float = 1e-4
-    """The learning rate decays along a cosine from ``lr`` to ``final_lr``."""
+    """The learning rate decays along a cosine from ``lr`` to ``final_lr``, over the
+    steps or over ``max_seconds``, whichever runs out first (so a run cut short by its
+    time budget still ends at a small learning rate)."""
     weight_decay: float = 0.0
     class_weight_power: float | None = 0.5
     """Inverse-frequency class weights to this power (None: no weights)."""
@@ -127,12 +138,12 @@ class TrainConfig:
     """Share of samples centred on a class drawn uniformly (rare classes more often)."""
     augment: bool = True
     intensity: float = 0.1
-    val_samples: int = 64
+    val_samples: int = 32
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-    """If set, ``torch.set_num_threads(threads)`` for this process before training
-    (on a small or shared CPU, 1 is often several times faster than more)."""
+    """If set, torch's threads while training (restored after; on a small or shared CPU,
+    1 is often several times faster than more)."""
     max_seconds: float | None = None
     """Stop after this much training time (checked every step); None: no limit."""
     log_every: int = 1
@@ -145,11 +156,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         self.axes = tuple(int(a) for a in self.axes)
         self.train_axes = tuple(int(a) for a in self.train_axes)
-        self.net = dict(self.net)
+        self.net = dict(DEFAULT_NETS[self.arch] if self.net is None else self.net)
 
     @property
     def steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+    def learning_rate(self, step: int, elapsed: float = 0.0) -> float:
+        """The learning rate of step ``step`` (0-based) taken ``elapsed`` seconds in."""
+        progress = step / self.steps
+        if self.max_seconds is not None:
+            progress = max(progress, elapsed / self.max_seconds) if self.max_seconds > 0 else 1.0
+        progress = min(1.0, progress)
+        return self.final_lr + 0.5 * (self.lr - self.final_lr) * (1 + math.cos(math.pi * progress))
 
     def factory(self, ndim: int = 3) -> tuple[str, dict]:
         """``(factory path, kwargs)`` that build this model (for ModelSpec and checkpoints)."""
@@ -184,6 +203,8 @@ class TrainEvent:
     val_f1_per_class: tuple[float, ...] | None = None
     checkpoint: str | None = None
     message: str = ""
+    member: str | None = None
+    """Which network of an ensemble this event is about (None: the only one)."""
 
     def line(self) -> str:
         parts = [f"{self.kind:<7}", f"epoch {self.epoch}/{self.epochs}", f"step {self.step}/{self.steps}"]
@@ -289,7 +310,7 @@ def deployable(model: torch.nn.Module, log_weight: torch.Tensor | None, *, copy:
     return out
 
 
-def _stop_requested(stop) -> bool:
+def stop_requested(stop) -> bool:
     if stop is None:
         return False
     if isinstance(stop, threading.Event):
@@ -356,18 +377,29 @@ def iter_train(
     The trained model is ``model`` (trained in place) or, when None, the one built from
     ``config``; :func:`train` returns it.
     """
-    t0 = time.perf_counter()
-    device = resolve_device(config.device)
+    previous = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(int(config.threads))
+    try:
+        return (yield from _iter_train(config, train_data, val_data, model=model, checkpoint=checkpoint, stop=stop,
+                                       intensity=intensity, class_names=class_names))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _iter_train(config, train_data, val_data, *, model, checkpoint, stop, intensity, class_names):
+    t0 = time.perf_counter()
+    device = resolve_device(config.device)
     train_pairs = as_pairs(train_data, intensity=intensity)
     intensity = train_pairs.intensity
     ignore = train_pairs.ignore_label
     ndim = train_pairs.labels.ndim - 1
     sampler = _sampler(config, train_pairs, augment=config.augment, seed=config.seed)
-    val_batches = []
+    val_batches, val_pairs = [], None
     if val_data is not None and len(val_data):
-        val_sampler = _sampler(config, as_pairs(val_data, intensity=intensity), augment=False, seed=config.seed + 1)
+        val_pairs = as_pairs(val_data, intensity=intensity)
+    if val_pairs is not None and len(val_pairs):
+        val_sampler = _sampler(config, val_pairs, augment=False, seed=config.seed + 1)
         val_batches = val_sampler.fixed_batches(config.val_samples, config.batch_size, seed=config.seed + 1)
     if model is None:
         model = build_model(config, ndim)
@@ -376,7 +408,13 @@ def iter_train(
     counts = sampler.class_counts(config.classes)
     present = [int(c) for c in np.nonzero(counts)[0]]
     if len(present) < 2:
-        which = f"only class {present[0]}" if present else "no class"
+        names = list(class_names) if class_names is not None else []
+        if not present:
+            which = "no class"
+        elif present[0] < len(names):
+            which = f"only {names[present[0]]!r}"
+        else:
+            which = f"only class {present[0]}"
         raise ValueError(
             f"the labels hold {which}: training needs labels of at least two classes "
             "(for example background and the object to find)"
@@ -391,17 +429,13 @@ def iter_train(
         head_of(model)  # fail now, not after training, if there is nothing to calibrate
     optimiser = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total_steps = config.steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser,
-        lambda s: (config.final_lr + 0.5 * (config.lr - config.final_lr) * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))) / config.lr,
-    )
     factory, kwargs = saved_factory(config, ndim)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     recipe = {"window": list(train_pairs.labels.shape[1:]), "normalisation": intensity.normalisation.to_json(),
               "classes": list(class_names) if class_names is not None else None}
     weights_text = "none" if weight is None else "[" + ", ".join(f"{w:.2f}" for w in weight.tolist()) + "]"
     yield TrainEvent("start", 0, total_steps, 0, config.epochs, time.perf_counter() - t0,
-                     message=f"{len(train_pairs)} training pairs, {len(val_data) if val_data is not None else 0} "
+                     message=f"{len(train_pairs)} training pairs, {len(val_pairs) if val_pairs is not None else 0} "
                              f"validation; labelled voxels per class {counts.tolist()}, class weights {weights_text}")
     net.train()
     step, losses_step, losses_epoch = 0, [], []
@@ -409,7 +443,7 @@ def iter_train(
     history: dict = {}
     for epoch in range(1, config.epochs + 1):
         for _ in range(config.steps_per_epoch):
-            if _stop_requested(stop):
+            if stop_requested(stop):
                 kind = "stopped"
                 break
             if config.max_seconds is not None and time.perf_counter() - t0 > config.max_seconds:
@@ -418,11 +452,12 @@ def iter_train(
             batch = sampler.batch(config.batch_size).to(device)
             if config.planar:
                 batch = Batch(batch.x.contiguous(memory_format=torch.channels_last), batch.y)
+            for group in optimiser.param_groups:
+                group["lr"] = config.learning_rate(step, time.perf_counter() - t0)
             loss = masked_cross_entropy(net(batch.x), batch.y, ignore_index=ignore, weight=weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            schedule.step()
             step += 1
             value = float(loss.detach())
             losses_step.append(value)

@@ -38,7 +38,6 @@ from ...models import ModelSpec, load_model, model_kind, resolve_device
 from ...models.checkpoints import checkpoint_recipe
 from ...run import Cancelled, iter_predict
 from .._common import (
-    ChannelView,
     default_path,
     error_text,
     format_duration,
@@ -51,6 +50,7 @@ from .._common import (
     resolve_path,
     source_axes,
     spatial_shape,
+    store_views,
     thousands,
 )
 from .._qt.base import collapsible, form, hint_label, set_status, status_label
@@ -267,10 +267,17 @@ class InferenceWidget(TaskWidget):
         self._use_model_window(recipe)
 
     def _use_model_window(self, info) -> None:
-        """A model trained on windows of some size runs on windows of that size by default."""
-        window = (info or {}).get("window")
+        """A model runs with the inference settings it carries (a round of the Train
+        widget's loop), else on windows the size it was trained on."""
+        settings = (info or {}).get("inference")
+        window = (settings or info or {}).get("window")
         if window:
             self.window_edit.value = format_per_axis(window)
+        if settings:
+            self.step_edit.value = format_per_axis(settings["step"])
+            self.border_edit.value = format_per_axis(settings["border"])
+            self.weighting_combo.value = settings["weighting"]
+            self.border_weight_spin.value = settings["border_weight"]
 
     def _update_hint(self, *_) -> None:
         image = self.image_combo.value
@@ -434,11 +441,9 @@ class InferenceWidget(TaskWidget):
         name = self.path.stem if self.path is not None else "prediction"
         where = self._placement(store)
         each = None if self._each_time_point else 0
-        multiscale = store.levels > 1
         if store.layout["probabilities"]:
             fg = foreground_channel(store.layout["channels"])
-            views = [ChannelView(store.probabilities(i), fg, image=each) for i in range(store.levels)]
-            data = views if multiscale else views[0]
+            data, multiscale = store_views(store, "probabilities", fg, image=each)
             layer = self.probability_layer
             if layer is not None and layer in self.viewer.layers:
                 layer.data = data
@@ -449,8 +454,7 @@ class InferenceWidget(TaskWidget):
                 )
                 self._added.append(self.probability_layer)
         if store.layout["labels"]:
-            views = [ChannelView(store.labels(i), image=each) for i in range(store.levels)]
-            data = views if multiscale else views[0]
+            data, multiscale = store_views(store, "labels", image=each)
             layer = self.labels_layer
             if layer is not None and layer in self.viewer.layers:
                 layer.data = data

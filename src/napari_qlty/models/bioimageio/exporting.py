@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -87,6 +88,18 @@ def recipe_of(model, recipe: dict | None) -> Recipe:
     return Recipe(data.get("factory"), dict(data.get("factory_kwargs") or {}),
                   None if window is None else tuple(int(w) for w in window), data.get("axes"),
                   tuple(str(c) for c in data.get("classes") or ()), norm or Normalisation(), data.get("name"))
+
+
+#: the characters a bioimage.io name may hold
+NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
+
+
+def zoo_name(title: str) -> str:
+    """``title`` as the Model Zoo allows a name: other characters (``tomogram · round 1``'s
+    dot) become dashes, runs of them one, and a name shorter than 5 gets a suffix."""
+    name = "".join(c if c in NAME_CHARACTERS else "-" for c in title)
+    name = re.sub(r"-( ?-)+", "-", name).strip(" -") or "model"
+    return name if len(name) >= 5 else f"{name} (napari-qlty)"
 
 
 def export_package(
@@ -386,7 +399,7 @@ def _description(title, description, authors, license, space, channels, classes,
     rdf = {
         "format_version": FORMAT_VERSION,
         "type": "model",
-        "name": title if len(title) >= 5 else f"{title} (napari-qlty)",
+        "name": zoo_name(title),
         "description": description or f"{title}: {len(space)}D segmentation into {len(classes)} classes, "
                                       "trained with napari-qlty on sparse labels",
         "license": license,
