@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from napari_qlty import models as M
+from napari_qlty.models.batching import structure_key
 from napari_qlty.models.devices import mps_available
 from napari_qlty.models import (
     PICKLED_MODEL_MESSAGE,
@@ -569,6 +570,41 @@ def test_auto_batch_size_cpu():
     assert n >= 1 and n & (n - 1) == 0 and n <= 64
     with pytest.raises(ValueError, match=r"\(1, 2, 6, 6, 6\)"):
         auto_batch_size(torch.nn.Conv3d(1, 2, 3), 1, WINDOW, "cpu")
+
+
+class Counted(torch.nn.Module):
+    """A conv that counts the windows it runs (in an attribute a structure ignores)."""
+
+    def __init__(self, channels: int = 2, chunk: int = 4) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, channels, 3, padding=1)
+        self.chunk = chunk  # a plain setting: part of the structure
+        self._runs: list[int] = []
+
+    def forward(self, x):
+        self._runs.append(len(x))
+        return self.conv(x)
+
+
+def test_window_cost_is_measured_once_per_structure():
+    """Probing runs the model on several windows; a model built alike (another round's
+    weights) reuses the measurement, anything built otherwise is measured."""
+    window = (6, 7, 5)  # a window no other test measures
+    first = Counted().eval()
+    cost = M.window_cost(first, 1, window, "cpu")
+    assert first._runs and cost[2] == 2
+    other_weights = Counted().eval()
+    with torch.no_grad():
+        other_weights.conv.weight.mul_(3)
+    assert M.window_cost(other_weights, 1, window, "cpu") == cost
+    assert other_weights._runs == []  # not run: same structure, same cost
+    for changed, args in ((Counted(channels=3).eval(), (1, window)), (Counted(chunk=8).eval(), (1, window)),
+                          (Counted().eval(), (1, (6, 7, 6)))):
+        M.window_cost(changed, *args, "cpu")
+        assert changed._runs, "another structure or window is measured"
+    assert structure_key(lambda x: x) is None
+    scripted = torch.jit.script(make_model())
+    assert structure_key(scripted) is None  # a program is measured every time
 
 
 def test_auto_batch_size_of_a_fixed_batch_export(tmp_path):

@@ -248,17 +248,55 @@ def window_cost(
     process's resident high-water mark (which also sees operators' own workspaces).
     ``safety_factor`` covers what none of them sees. Bytes per window are None when the
     model refuses a batch of 2. A run stores the plan it made, so a resume uses the same
-    regions even where a measurement varies a little.
+    regions even where a measurement varies a little. A module of a structure measured
+    before in this process is not run again (:func:`structure_key`).
     """
     dev = as_device(device)
     window = tuple(int(w) for w in window)
+    structure = structure_key(model)
+    key = None if structure is None else (structure, int(in_channels), window, str(dev), str(dtype), safety_factor)
+    if key is not None:
+        with _COSTS_LOCK:
+            if key in _COSTS:
+                return _COSTS[key]
     if dev.type == "cuda":
         per_window, fixed, c_out = _measure_cuda(model, in_channels, window, dev, dtype)
     else:
         (per_window, fixed), c_out = _measure_host(model, in_channels, window, dev, dtype)
     if per_window is not None:
         per_window = int(per_window * safety_factor)
-    return per_window, int(fixed * safety_factor), c_out
+    cost = per_window, int(fixed * safety_factor), c_out
+    if key is not None:
+        with _COSTS_LOCK:
+            _COSTS[key] = cost
+    return cost
+
+
+#: window costs measured in this process, by model structure (:func:`structure_key`)
+_COSTS: dict[tuple, tuple[int | None, int, int]] = {}
+_COSTS_LOCK = threading.Lock()
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def structure_key(model) -> tuple | None:
+    """What a module's memory use depends on: its layers (their classes and settings),
+    the shapes and dtypes of its tensors and its plain attributes, not its weights'
+    values; so a model built alike (the next round of the same networks) reuses the
+    measurement, and probing, which runs several windows, happens once per process.
+    None for scripted programs and plain callables: they are measured every time."""
+    if not isinstance(model, torch.nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return None
+    parts: list = [repr(model), model.code if isinstance(model, torch.fx.GraphModule) else ""]
+    for name, module in model.named_modules():
+        plain = tuple(sorted(
+            (k, repr(v)) for k, v in vars(module).items()
+            if not k.startswith("_") and (isinstance(v, _PLAIN) or (
+                isinstance(v, (tuple, list)) and all(isinstance(e, _PLAIN) for e in v)))
+        ))
+        parts.append((name, type(module).__module__, type(module).__qualname__, plain))
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        parts.append((name, tuple(t.shape), str(t.dtype), str(t.device)))
+    return tuple(parts)
 
 
 def batch_memory(model: Callable, in_channels: int, window: Sequence[int], batch_size: int,

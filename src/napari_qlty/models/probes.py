@@ -109,6 +109,13 @@ def call_checked(model: Callable, x: torch.Tensor, dtype: torch.dtype):
         ) from e
 
 
+def check_input_channels(model, in_channels: int) -> None:
+    """ValueError when the model says it takes another number of channels than the image has."""
+    expected = expected_channels(model)
+    if expected is not None and expected != int(in_channels):
+        raise ValueError(f"the model expects {expected} channels, the image has {int(in_channels)}")
+
+
 def check_model_output(
     model: Callable,
     in_channels: int,
@@ -122,9 +129,7 @@ def check_model_output(
     or if the model fails on the window (the failure is chained).
     """
     dev = as_device(device)
-    expected = expected_channels(model)
-    if expected is not None and expected != int(in_channels):
-        raise ValueError(f"the model expects {expected} channels, the image has {int(in_channels)}")
+    check_input_channels(model, in_channels)
     shape = (1, int(in_channels), *(int(w) for w in window))
     out = call_checked(model, torch.zeros(shape, dtype=dtype, device=dev), dtype)
     check_output(out, shape)

@@ -38,8 +38,9 @@ from ..io.formats import canonical
 from ..io.ngff import Dims, geometry
 from ..io.prediction import OutputStore, levels_layout, read_meta
 from ..io.sources import Source, open_source
-from ..models import ModelSpec, check_model_output, load_model, resolve_device
+from ..models import ModelSpec, load_model, resolve_device
 from ..models.batching import available_host_memory, window_cost
+from ..models.probes import check_input_channels
 from .regions import Regions, default_chunks, plan_pyramid_regions
 from .schedulers import execute
 from ..core.uncertainty import blended_channels, gives_probabilities, kinds, spread_of
@@ -181,7 +182,9 @@ def iter_predict(
     fingerprint = model.fingerprint() if isinstance(model, ModelSpec) else model_fingerprint(model)
     live_model = load_model(model, dev) if isinstance(model, ModelSpec) else for_inference(model, dev)
     model_dtype = feed_dtype(live_model, src.dtype)
-    channels_out = check_model_output(live_model, src.shape[1], grid.window, dev, model_dtype)
+    check_input_channels(live_model, src.shape[1])
+    # runs the model on windows of 1 and 2 (checking its output), once per model structure
+    per_window, fixed, channels_out = window_cost(live_model, src.shape[1], grid.window, dev, model_dtype)
     if postprocess == "softmax" and channels_out == 1:
         raise ValueError("the model has one output channel, whose softmax is always 1: use sigmoid (or none)")
     budget = parse_bytes(memory_budget) or min(4 << 30, available_host_memory() // 2)
@@ -189,7 +192,6 @@ def iter_predict(
     if len(chunks) != grid.ndim or min(chunks) < 1:
         raise ValueError(f"chunks must be {grid.ndim} positive ints, got {chunks}")
     in_itemsize = src.dtype.itemsize
-    per_window, fixed, _ = window_cost(live_model, src.shape[1], grid.window, dev, model_dtype)
     per_window = per_window or 0
     if batch_size == "auto":
         batch_size = auto_batch(per_window, fixed, budget)
