@@ -119,6 +119,11 @@ class Prediction:
         ``layout["uncertainty"]`` (see :mod:`napari_qlty.core.uncertainty`), read lazily."""
         return LogicalView(self.array("uncertainty", level), self.dims("uncertainty"), 2 + len(self.layout["shape"]))
 
+    def finished_regions(self) -> set[tuple[int, ...]]:
+        """(image, *region) of every region whose values are final."""
+        done = np.asarray(self.group[f"{OURS}/progress"][...])
+        return {tuple(int(i) for i in idx) for idx in np.argwhere(done == 1)}
+
     def scale(self, level: int = 0) -> tuple[float, ...]:
         """Physical voxel size of level ``level`` per tiled axis."""
         return level_scale(self.layout, level)
@@ -220,10 +225,6 @@ class OutputStore(Prediction):
         return cls(path)
 
     # -- state -------------------------------------------------------------------------
-    def finished_regions(self) -> set[tuple[int, ...]]:
-        done = np.asarray(self.group[f"{OURS}/progress"][...])
-        return {tuple(int(i) for i in idx) for idx in np.argwhere(done == 1)}
-
     def mark_finished(self, region: Sequence[int]) -> None:
         self.group[f"{OURS}/progress"][tuple(region)] = 1
 

@@ -9,6 +9,12 @@ in, while the viewer stays usable. A multiscale image can be run at a coarser le
 (a quick preview); the result is placed at that level's scale. Cancel stops after the current
 region; pressing Run again with the same parameters resumes where it stopped (finished
 regions are kept in the output folder).
+
+In "current view" mode the regions on screen (and the windows they wait for) run first,
+in regions of half a window, and the order follows the view as it moves; after the
+view the run goes on with the rest, or stops (Run again finishes it). With
+"uncertainty", where the model is unsure is written too, shown as a layer, and the most
+unsure windows are listed as points to jump through (:mod:`napari_qlty._napari.unsure`).
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ from .._qt.tasks import BackgroundTask, TaskWidget
 from .._registry import REGISTRY
 from ..fields import GridFields
 from ..package_fields import PackageChoice
+from ..screen_view import ScreenView, ViewProgress, view_is_empty, view_region
+from ..unsure import KIND_WORDS, UnsureFields
 
 if TYPE_CHECKING:
     import napari
@@ -67,6 +75,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 WEIGHTINGS = ("border", "gaussian", "hann", "linear")
 POSTPROCESS = ("softmax", "sigmoid", "none")
 MODEL_OWN = "the model's own"
+WHOLE, VIEW = "whole image", "current view first"
+CONTINUE, STOP = "continue with the rest", "stop"
 NORMALISATIONS = {
     MODEL_OWN: None,
     "none": Normalisation(),
@@ -136,11 +146,21 @@ class InferenceWidget(TaskWidget):
         )
         self.probabilities_check = CheckBox(value=True, text="probabilities")
         self.labels_check = CheckBox(value=True, text="labels")
+        self.unsure = UnsureFields(viewer, on_jump=self._on_jump)
         outputs = Container(
-            widgets=[self.probabilities_check, self.labels_check], layout="horizontal", labels=False,
-            label="outputs",
+            widgets=[self.probabilities_check, self.labels_check, self.unsure.check], layout="horizontal",
+            labels=False, label="outputs",
         )
         outputs.margins = (0, 0, 0, 0)
+        self.order_combo = ComboBox(
+            choices=[WHOLE, VIEW], value=WHOLE, label="order",
+            tooltip="current view first: the regions on screen run first (in smaller regions), and follow the "
+                    "view when you move it; the result is the same",
+        )
+        self.after_view_combo = ComboBox(
+            choices=[CONTINUE, STOP], value=CONTINUE, label="after the view", visible=False,
+            tooltip="Go on with the rest of the image once the view is done, or stop there (Run again finishes it)",
+        )
         self.output_edit = FileEdit(mode="w", label="save to", filter="*.zarr", tooltip="Output folder (.zarr)")
         self.output_hint = hint_label()
         self.overwrite_check = CheckBox(
@@ -177,10 +197,11 @@ class InferenceWidget(TaskWidget):
                  self.package.accept, self.factory_edit,
                  self.normalisation_combo, f.time_combo, f.copy_button, *f.edits, self.weighting_combo,
                  self.border_weight_spin, self.postprocess_combo, self.threshold_spin, outputs,
-                 self.output_edit, self.output_hint),
+                 self.unsure.kind_combo, self.order_combo, self.after_view_combo, self.output_edit,
+                 self.output_hint),
             collapsible("Performance", form(self.device_combo, self.batch_spin, self.memory_edit,
                                             self.chunks_edit, self.region_edit, self.levels_edit)),
-            self.overwrite_check, buttons, self.progress, self.status,
+            self.overwrite_check, buttons, self.progress, self.status, self.unsure.next_button,
         ])
 
         self.task = BackgroundTask(
@@ -199,12 +220,20 @@ class InferenceWidget(TaskWidget):
         self._each_time_point = False
         #: the layers this run added (removed again if it fails before any result)
         self._added: list = []
+        #: the view on screen while a run in view mode goes on, and which regions it needs
+        self.screen: ScreenView | None = None
+        self._view_progress: ViewProgress | None = None
+        self._grid = None
+        self._t_run = 0.0
+        #: seconds from Run to the moment every region on screen was final (view mode)
+        self.view_ready_s: float | None = None
 
         self.connect_to(REGISTRY.changed, self._on_registry_changed)
         self.model_combo.changed.connect(self._update_model_fields)
         self.model_path.changed.connect(self._describe_model_file)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.order_combo.changed.connect(self._update_order)
         self.image_combo.changed.connect(self._update_hint)
         self.image_combo.changed.connect(self._update_levels)
         self.output_edit.changed.connect(self._update_hint)
@@ -314,16 +343,25 @@ class InferenceWidget(TaskWidget):
             "units": [str(units[i]) for i in keep] if units is not None else None,
         }
 
+    def _update_order(self, *_) -> None:
+        self.after_view_combo.visible = self.order_combo.value == VIEW
+
     def _on_layer_removed(self, event) -> None:
         if event.value is self.probability_layer:
             self.probability_layer = None
         if event.value is self.labels_layer:
             self.labels_layer = None
+        self.unsure.forget(event)
 
 
     # -- running ------------------------------------------------------------------------------
+    def run(self, *_) -> None:
+        self._t_run = time.perf_counter()  # the first view is timed from the press of Run
+        super().run()
+
     def _starting(self) -> None:
         self.last_event, self.events_seen = None, []
+        self.view_ready_s = None
         self.progress.max, self.progress.value = 1, 0
         set_status(self.status, "Loading the model and checking it on one window…")
 
@@ -360,11 +398,23 @@ class InferenceWidget(TaskWidget):
             region=parse_optional_per_axis(self.region_edit.value, "region size", ndim),
             cancelled=self.task.cancel_requested.is_set,
             levels=_levels(self.levels_edit.value),
+            uncertainty=self.unsure.wanted,
             **self._geometry(image, level),
         )
+        self._close_view()
+        if self.order_combo.value == VIEW:
+            # small regions: the view waits only for the windows near it
+            small = view_region(grid)
+            if kwargs["region"] is None:
+                kwargs["region"] = small
+            if kwargs["chunks"] is None:
+                kwargs["chunks"] = tuple(min(s, r) for s, r in zip(small, kwargs["region"]))
+            self.screen = ScreenView(self.viewer, image, self.fields.tiled_axes(image), level_factor(image, level),
+                                     grid.shape)
+            kwargs.update(view=self.screen, view_only=self.after_view_combo.value == STOP)
         if self.path != path:
             self.probability_layer = self.labels_layer = None
-        self.path, self._image = path, image
+        self.path, self._image, self._grid = path, image, grid
         self._each_time_point = self.fields.each_time_point(image)
         self._added = []
         return _relay, (model, source, grid, path), kwargs
@@ -398,11 +448,26 @@ class InferenceWidget(TaskWidget):
         if event.kind == "start":
             self._t_start = (event.elapsed, event.windows_done + event.regions_done)
             self._show_layers()
+            self._follow_view()
         elif event.kind == "done" and self.probability_layer is None and self.labels_layer is None:
             self._show_layers()
         for layer in (self.probability_layer, self.labels_layer):
             if layer is not None:
                 layer.refresh()
+        self.unsure.refresh()
+        if event.kind == "region" and self._view_progress is not None:
+            self._view_progress.add(event.region)
+            if self.view_ready_s is None and self._view_progress.covered(self.screen()):
+                self.view_ready_s = time.perf_counter() - self._t_run
+        if event.kind in ("done", "paused"):
+            self._rank_unsure()
+        if event.kind == "paused":
+            self.progress.max = max(1, event.windows_total + event.regions_total)
+            self.progress.value = event.windows_done + event.regions_done
+            set_status(self.status, f"The view is done{self._view_time()}: {event.regions_total - event.regions_done} "
+                                    f"of {event.regions_total} regions are left. Move the view and press Run to "
+                                    f"do it next, or choose '{CONTINUE}' and press Run to finish the image.")
+            return
         # progress counts windows run and regions written (a region is final only once
         # its neighbours have handed over, so regions finish after their windows)
         self.progress.max = max(1, event.windows_total + event.regions_total)
@@ -413,10 +478,47 @@ class InferenceWidget(TaskWidget):
                 self.status,
                 f"Done ({format_duration(event.elapsed)}): {thousands(event.windows_total)} windows "
                 f"in {event.regions_total} region(s), saved to {self.path}"
+                + (f"; the view was ready {format_duration(self.view_ready_s)} after Run"
+                   if self.view_ready_s is not None else "")
                 + (f"\n({event.message})" if "already" in event.message else ""),
             )
             return
-        set_status(self.status, self._progress_text(event))
+        text = self._progress_text(event)
+        if self.view_ready_s is not None:
+            text += f"\nThe view was ready {format_duration(self.view_ready_s)} after Run; the rest goes on."
+        set_status(self.status, text)
+
+    def _view_time(self) -> str:
+        return f" ({format_duration(self.view_ready_s)} after Run)" if self.view_ready_s is not None else ""
+
+    def _follow_view(self) -> None:
+        """Once the store's regions are known: which of them the view needs."""
+        if self.screen is None:
+            self._view_progress = None
+            return
+        store = Prediction(self.path)
+        self._view_progress = ViewProgress(self._grid, store.layout["region"], store.layout["n_images"],
+                                           store.finished_regions())
+        if self._view_progress.covered(self.screen()):  # finished before (a resumed run)
+            self.view_ready_s = time.perf_counter() - self._t_run
+
+    def _close_view(self) -> None:
+        if self.screen is not None:
+            self.screen.close()
+        self.screen, self._view_progress = None, None
+
+    def _rank_unsure(self) -> None:
+        """List the most unsure windows of the result (when it holds uncertainty)."""
+        if self.unsure.layer is None or self._grid is None:
+            return
+        try:
+            self.unsure.rank(self._grid)
+        except Exception as e:  # noqa: BLE001 - said in the widget; the prediction itself is fine
+            set_status(self.status, f"Could not rank the unsure windows: {error_text(e)}", error=True)
+
+    def _on_jump(self, rank: int, score: float) -> None:
+        set_status(self.status, f"Unsure spot {rank} of {len(self.unsure.spots)} (mean "
+                                f"{KIND_WORDS[self.unsure.kind_combo.value]} {score:.3g}): label here next")
 
     def _progress_text(self, event) -> str:
         text = (
@@ -464,6 +566,8 @@ class InferenceWidget(TaskWidget):
                     visible=not store.layout["probabilities"], **where,
                 )
                 self._added.append(self.labels_layer)
+        if store.layout.get("uncertainty"):
+            self.unsure.show(store, where, self._each_time_point, name)
         if image is not None:
             self.viewer.layers.selection.active = image
 
@@ -490,6 +594,7 @@ class InferenceWidget(TaskWidget):
             layer.contrast_limits = (lo, hi)
 
     def _on_aborted(self) -> None:
+        self._close_view()
         e = self.last_event
         done = f" after {e.regions_done} of {e.regions_total} regions" if e is not None else ""
         set_status(
@@ -510,9 +615,11 @@ class InferenceWidget(TaskWidget):
         self.probability_layer = self.labels_layer = None
 
     def _on_returned(self, result) -> None:
-        """The run ended; its "done" event has been shown."""
+        """The run ended; its "done" (or "paused") event has been shown."""
+        self._close_view()
 
     def _fail(self, exc) -> None:
+        self._close_view()
         self._remove_empty_layers()
         set_status(self.status, f"Prediction failed: {error_text(exc, self.overwrite_check.text)}", error=True)
         notify_error(exc)
