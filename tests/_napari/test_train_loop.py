@@ -180,3 +180,72 @@ def test_stop_keeps_the_round_and_a_cancel_leaves_nothing(loop, qtbot, tmp_path)
     wait_idle(qtbot, widget)
     assert widget.outcome == "cancelled"
     assert [p.name for p in sorted(rounds.path.iterdir())] == ["round-001", "zarr.json"]
+
+
+def look_at(viewer, z: float, y: float, x: float, voxels: float) -> None:
+    """Show slice ``z`` centred on (y, x), about ``voxels`` across the canvas."""
+    viewer.dims.ndisplay = 2
+    viewer.dims.set_point(0, z)
+    viewer.scene.camera.center = (y, x)
+    viewer.scene.camera.zoom = min(viewer.canvas.size) / voxels
+
+
+def test_a_round_s_prediction_shows_the_view_first_and_says_how_soon(loop, viewer, qtbot, tmp_path):
+    """After Train and Train more the new round predicts the view on screen first (here: the
+    view only), shows how long after the round was saved, where the model is unsure, and
+    Predict whole image finishes the rest to the bytes of a whole run."""
+    from dataclasses import replace
+
+    from napari_qlty._napari.widgets.train import VIEW_ONLY
+
+    widget, image, layer, store = loop
+    widget.recipe = replace(widget.recipe, infer_window=16, infer_step=12, infer_border=2)  # several windows
+    look_at(viewer, z=20, y=8, x=8, voxels=8)
+    widget.order_combo.value = VIEW_ONLY
+    widget.unsure.check.value = True
+    widget.train()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "done", widget.status.value
+    rounds = Rounds.open(tmp_path / "strokes.rounds", image.data.shape)
+    first = rounds.get(1)
+    assert first.attrs["prediction"]["complete"] is False
+    pred = Prediction(first.prediction_path)
+    total = int(np.prod(pred.layout["region_counts"]))
+    assert 0 < len(pred.finished_regions()) < total
+    assert widget.view_latency_s is not None
+    assert "Prediction in view" in widget.metrics.value and "after the round was saved" in widget.metrics.value
+    assert "the view is predicted" in widget.status.value
+    on_screen = pred.probabilities()[0, 1, 20, 4:12, 4:12]
+    assert (pred.labels()[0, 20, 4:12, 4:12] >= 0).all() and on_screen.max() > 0  # written
+    # where the model is unsure: a layer, and the training windows ranked as points
+    assert pred.layout["uncertainty"] == ["windows", "members", "entropy"]  # the recipe's ensemble
+    assert widget.unsure.layer in viewer.layers and widget.unsure.kind_combo.value == "members"
+    assert widget.unsure.spots_layer in viewer.layers and len(widget.unsure.spots) > 0
+    widget.unsure.next_button.changed.emit(True)
+    assert "paint a few strokes here" in widget.status.value
+
+    # new strokes, Train more: the view again, and its latency
+    store[20, 2:6, 2:6] = 2
+    widget.train_more()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "done", widget.status.value
+    second = rounds.get(2)
+    assert second.attrs["prediction"]["complete"] is False and widget.view_latency_s is not None
+    assert "round-002" in layer_store(widget.probability_layer)
+    # Predict whole image finishes it: what the view showed is what a whole run gives
+    shown = Prediction(second.prediction_path).probabilities()[0, :, 20, 4:12, 4:12]
+    widget.predict()
+    wait_idle(qtbot, widget)
+    assert widget.outcome == "done", widget.status.value
+    done = Prediction(rounds.get(2).prediction_path)
+    assert done.complete and rounds.get(2).attrs["prediction"]["complete"] is True
+    np.testing.assert_array_equal(done.probabilities()[0, :, 20, 4:12, 4:12], shown)
+    from napari_qlty.run import predict
+    from napari_qlty.core.weights import Weighting
+
+    model, _ = widget._round_model(rounds.get(2))
+    grid = widget.recipe.inference_grid(image.data.shape)
+    predict(model, image.data, grid, tmp_path / "whole.zarr", postprocess="softmax", axes="zyx",
+            weighting=Weighting("border", border_weight=0.0), batch_size=1, uncertainty=True,
+            region=done.layout["region"], chunks=done.layout["chunks"])
+    np.testing.assert_array_equal(Prediction(tmp_path / "whole.zarr").probabilities()[...], done.probabilities()[...])

@@ -7,6 +7,12 @@ image** with the round you choose. Every round is recorded beside the labels sto
 (:mod:`napari_qlty.io.rounds`: its labels, model, parameters and held-out scores), and
 picking an earlier round goes back to its model.
 
+After each round its prediction can run the current view first (the regions on screen,
+then the rest, or the view only), so the effect of the new strokes shows where the user
+looks within seconds; the time from the round being saved to the view being predicted
+is shown. With "uncertainty" the round's prediction also says where the model is unsure
+and lists the most unsure windows: where the next strokes help most.
+
 A thin front end to :func:`napari_qlty.train.loop.iter_round` (the shared recipe,
 :data:`~napari_qlty.train.recipe.DEFAULT_RECIPE`) and :func:`napari_qlty.iter_predict`,
 run in a background thread. napari's labels (0 = unlabelled, 1.. = classes) are the
@@ -51,6 +57,8 @@ from .._qt.base import form, hint_label, set_status, status_label
 from .._qt.tasks import BackgroundTask, TaskWidget
 from .._registry import register_model, registered_models
 from ..fields import GridFields
+from ..screen_view import ScreenView, ViewProgress, view_region
+from ..unsure import KIND_WORDS, UnsureFields
 
 if TYPE_CHECKING:
     import napari
@@ -65,6 +73,8 @@ NETWORK_NAMES = {"unet": "U-Net", "msdnet": "MSDNet"}
 #: training reports every this many steps, and the widget redraws at most this often (s):
 #: redrawing at every step cost up to half the training steps on a busy 2-core machine
 STEP_EVENTS, REDRAW_SECONDS = 5, 0.3
+#: how a round's prediction runs: the view first, then the rest; the view only; in order
+VIEW_THEN_REST, VIEW_ONLY, WHOLE = "view first, then the rest", "the view only", "whole image in order"
 
 
 def _normalisation_choice(mode: str) -> str:
@@ -152,9 +162,19 @@ class TrainWidget(TaskWidget):
         self.round_combo = ComboBox(label="round", choices=self._round_choices,
                                     tooltip="The model in use: Train more continues it, Predict and Save use it")
         self.round_hint = hint_label()
-        self.predict_check = CheckBox(value=True, text="predict the whole image after each round")
+        self.predict_check = CheckBox(value=True, text="predict after each round:")
+        self.predict_check.tooltip = "Predict the image with the new round's model as soon as it is saved"
+        self.order_combo = ComboBox(
+            choices=[VIEW_THEN_REST, VIEW_ONLY, WHOLE], value=VIEW_THEN_REST,
+            tooltip="The regions on screen first (the effect of new strokes shows where you look, within "
+                    "seconds), then the rest or not; or the whole image in order",
+        )
+        predict_row = Container(widgets=[self.predict_check, self.order_combo], layout="horizontal", labels=False)
+        predict_row.margins = (0, 0, 0, 0)
+        self.unsure = UnsureFields(viewer, on_jump=self._on_jump)
         self.predict_button = PushButton(text="Predict whole image")
-        self.predict_button.tooltip = "Predict the image with the chosen round's model (kept in its round)"
+        self.predict_button.tooltip = ("Predict the image with the chosen round's model (kept in its round); "
+                                       "finishes a prediction that stopped after the view")
         self.save_path = FileEdit(mode="w", label="save model to", filter="*.pt",
                                   tooltip="A napari-qlty model file: weights, window, classes, normalisation")
         self.save_button = PushButton(text="Save model", enabled=False)
@@ -163,7 +183,7 @@ class TrainWidget(TaskWidget):
             form(*f.widgets, self.normalisation_combo, self.seconds_spin, self.more_spin, self.name_edit),
             buttons, self.progress, self.metrics, self.status,
             form(self.rounds_edit, self.rounds_hint, self.round_combo, self.round_hint),
-            self.predict_check, self.predict_button,
+            predict_row, self.unsure.row, self.predict_button,
             form(self.save_path), self.save_button,
         ])
         self._add_package_export()
@@ -197,6 +217,13 @@ class TrainWidget(TaskWidget):
         self._image = None
         self._each_time_point = False
         self._predicting: Path | None = None
+        #: the view on screen (followed while a round's prediction may run in view mode)
+        self.screen: ScreenView | None = None
+        self._view_progress: ViewProgress | None = None
+        self._t_saved: float | None = None
+        #: seconds from the round being saved to its prediction of the view (the last round's)
+        self.view_latency_s: float | None = None
+        self._rank_grid = self._predict_grid = None
 
         self.train_button.changed.connect(self.train)
         self.more_button.changed.connect(self.train_more)
@@ -207,6 +234,7 @@ class TrainWidget(TaskWidget):
         self.labels_combo.changed.connect(self._refresh_rounds)
         self.rounds_edit.changed.connect(self._refresh_rounds)
         self.connect_to(viewer.layers.events.removed, self._on_layer_removed)
+        self.connect_to(viewer.layers.events.removed, self.unsure.forget)
         self._refresh_rounds()
 
     @property
@@ -276,7 +304,7 @@ class TrainWidget(TaskWidget):
         self.save_button.enabled = self.more_button.enabled = self.predict_button.enabled = not self.running
         key = (str(chosen.path.parent), chosen.number)
         self.model, self.model_name = self._models.get(key, (None, None))
-        if (chosen.attrs.get("prediction") or {}).get("complete"):
+        if chosen.attrs.get("prediction") and chosen.prediction_path.exists():  # whole, or the view
             self._show_prediction(chosen.prediction_path)
 
     def _round_model(self, r: rounds_io.Round):
@@ -323,6 +351,7 @@ class TrainWidget(TaskWidget):
 
     def _starting(self) -> None:
         self.last_event, self.last_predict, self.events_seen = None, None, []
+        self._t_saved = self.view_latency_s = None
         self._loss = self._f1 = None
         self._stop.clear()
         self._t0 = time.perf_counter()
@@ -335,6 +364,7 @@ class TrainWidget(TaskWidget):
                    else "Loading the model…")
 
     def _idle(self) -> None:
+        self._close_view()
         self._mode = "train"  # what run() does next
         self.round_combo.enabled = True
         self.more_button.enabled = self.predict_button.enabled = self.current_round is not None
@@ -351,8 +381,9 @@ class TrainWidget(TaskWidget):
         if self._mode == "predict":
             chosen = self._chosen_round()
             model, _ = self._round_model(chosen)
-            return self._work, (), {"source": source, "chosen": chosen, "model": model,
-                                    "grid": inference_grid(chosen.attrs["inference"], shape, axes)}
+            grid = inference_grid(chosen.attrs["inference"], shape, axes)
+            return self._work, (), {"source": source, "chosen": chosen, "model": model, "grid": grid,
+                                    "options": self._predict_options(image, grid, whole=True)}
         if labels is None:
             raise ValueError("choose a labels layer")
         if getattr(image, "rgb", False):
@@ -381,9 +412,29 @@ class TrainWidget(TaskWidget):
                       translate=tuple(labels.translate),
                       overrides={"log_every": STEP_EVENTS, **self.config_overrides},
                       name=self.name_edit.value.strip() or image.name)
+        grid = inference_grid(recipe.inference(shape), shape, axes)
         return self._work, (), {"source": source, "rounds": rounds, "round_kwargs": kwargs,
-                                "predict_after": bool(self.predict_check.value),
-                                "grid": inference_grid(recipe.inference(shape), shape, axes)}
+                                "predict_after": bool(self.predict_check.value), "grid": grid,
+                                "options": self._predict_options(image, grid)}
+
+    def _predict_options(self, image, grid, whole: bool = False) -> dict:
+        """How a round's prediction runs: in view mode, small regions ordered by the view on
+        screen (followed from now on, on this thread); with or without uncertainty."""
+        self._close_view()
+        options = {"uncertainty": self.unsure.wanted}
+        order = self.order_combo.value
+        if order != WHOLE:
+            self.screen = ScreenView(self.viewer, image, self.fields.tiled_axes(image), (1.0,) * len(image.scale),
+                                     grid.shape)
+            small = view_region(grid)
+            options.update(view=self.screen, view_only=order == VIEW_ONLY and not whole, region=small, chunks=small)
+        self._rank_grid, self._predict_grid = self.fields.grid(image), grid
+        return options
+
+    def _close_view(self) -> None:
+        if self.screen is not None:
+            self.screen.close()
+        self.screen, self._view_progress = None, None
 
     def _chosen_round(self) -> rounds_io.Round:
         if self.current_round is None:
@@ -407,7 +458,8 @@ class TrainWidget(TaskWidget):
         top = max(painted[-1], *names) if names else painted[-1]
         return [names.get(k, f"class {k}") for k in range(1, top + 1)]
 
-    def _work(self, *, source, grid, rounds=None, round_kwargs=None, predict_after=True, chosen=None, model=None):
+    def _work(self, *, source, grid, rounds=None, round_kwargs=None, predict_after=True, chosen=None, model=None,
+              options=None):
         """The job (in a worker thread: it never touches Qt): a round, then its prediction."""
         from ...train.loop import iter_round
         from ...train.trainer import TrainEvent
@@ -424,10 +476,10 @@ class TrainWidget(TaskWidget):
                     break
                 yield ("train" if isinstance(event, TrainEvent) else "round-event", event)
             chosen, model = result.round, result.model
-            yield ("round", result)
+            yield ("round", (result, time.perf_counter()))  # the round is saved: the latency starts
             if not predict_after or cancel.is_set():
                 return chosen
-        yield from _predict(model, source, grid, chosen, lambda: stop() or cancel.is_set())
+        yield from _predict(model, source, grid, chosen, lambda: stop() or cancel.is_set(), **(options or {}))
         return chosen
 
 
@@ -442,21 +494,47 @@ class TrainWidget(TaskWidget):
             elif value.kind == "scores":
                 set_status(self.status, "Saving the round…")
         elif what == "round":
-            self._on_round(value)
+            result, self._t_saved = value
+            self._on_round(result)
         elif what == "predicting":
             self._predicting = value.prediction_path
             self.progress.value = 0
-            set_status(self.status, f"Predicting the whole image with round {value.number}…")
+            where = "the view first" if self.screen is not None else "the whole image"
+            set_status(self.status, f"Predicting {where} with round {value.number}…")
         elif what == "predict":
             self._on_predict_event(value)
-        elif what == "predicted":
+        elif what in ("predicted", "paused"):
             self.current_round = value
             self.progress.value = self.progress.max
-            self.metrics.value = round_scores(value)
+            self.metrics.value = round_scores(value) + self._latency_text()
+            self._rank_unsure()
+            if what == "paused":
+                set_status(self.status, f"Round {value.number}: the view is predicted ({value.prediction_path}). "
+                                        "Correct the labels where it is wrong and press Train more; Predict whole "
+                                        "image finishes the rest.")
+                return
             took = f" in {format_duration(self.last_predict.elapsed)}" if self.last_predict is not None else ""
             set_status(self.status, f"Round {value.number}: the whole image is predicted{took} "
                                     f"({value.prediction_path}). Correct the labels where it is wrong and press "
                                     "Train more, or save the model.")
+
+    def _latency_text(self) -> str:
+        if self.view_latency_s is None:
+            return ""
+        return f"\nPrediction in view {format_duration(self.view_latency_s)} after the round was saved"
+
+    def _rank_unsure(self) -> None:
+        if self.unsure.layer is None or getattr(self, "_rank_grid", None) is None:
+            return
+        try:
+            self.unsure.rank(self._rank_grid)
+        except Exception as e:  # noqa: BLE001 - said in the widget; the prediction itself is fine
+            set_status(self.status, f"Could not rank the unsure windows: {error_text(e)}", error=True)
+
+    def _on_jump(self, rank: int, score: float) -> None:
+        set_status(self.status, f"Unsure spot {rank} of {len(self.unsure.spots)} (mean "
+                                f"{KIND_WORDS[self.unsure.kind_combo.value]} {score:.3g}): paint a few strokes here, "
+                                "then press Train more")
 
     def _on_train_event(self, event) -> None:
         self.last_event = event
@@ -511,13 +589,27 @@ class TrainWidget(TaskWidget):
         self.last_predict = event
         if event.kind == "start" or (event.kind == "done" and self.probability_layer is None):
             self._show_prediction(self._predicting)
+            if event.kind == "start" and self.screen is not None:
+                from ...io.prediction import Prediction
+
+                store = Prediction(self._predicting)
+                self._view_progress = ViewProgress(self._predict_grid, store.layout["region"],
+                                                   store.layout["n_images"], store.finished_regions())
         for layer in (self.probability_layer, self.prediction_labels_layer):
             if layer is not None:
                 layer.refresh()
+        self.unsure.refresh()
+        progress = self._view_progress
+        if progress is not None and self.view_latency_s is None:
+            if event.region is not None:
+                progress.add(event.region)
+            if progress.covered(self.screen()) and self._t_saved is not None:
+                # the round's effect is on screen (the layers were refreshed just above)
+                self.view_latency_s = time.perf_counter() - self._t_saved
         total = max(1, event.windows_total + event.regions_total)
         self.progress.value = int(1000 * (event.windows_done + event.regions_done) / total)
         self.metrics.value = (f"predicting: windows {thousands(event.windows_done)}/{thousands(event.windows_total)}"
-                              f" · {format_duration(event.elapsed)}")
+                              f" · {format_duration(event.elapsed)}" + self._latency_text())
 
     def _show_prediction(self, path: Path) -> None:
         """Show a round's prediction: one probability layer and one labels layer, re-pointed
@@ -548,6 +640,8 @@ class TrainWidget(TaskWidget):
             self.prediction_labels_layer = self.viewer.add_labels(
                 data, name=f"{image.name} · predicted labels", opacity=0.5, visible=False, multiscale=multiscale,
                 **where)
+        if store.layout.get("uncertainty"):
+            self.unsure.show(store, where, self._each_time_point, image.name)
         labels = self.labels_combo.value
         if labels is not None and labels in self.viewer.layers:
             self.viewer.layers.selection.active = labels  # ready to paint the next strokes
@@ -647,21 +741,29 @@ def inference_grid(settings: dict, shape, axes: str):
     return Grid(tuple(shape), window=settings["window"], step=settings["step"], border=settings["border"], axes=axes)
 
 
-def _predict(model, source, grid, chosen: rounds_io.Round, cancelled):
-    """The job's second half: the whole image through a round's model, into the round."""
+def _predict(model, source, grid, chosen: rounds_io.Round, cancelled, **options):
+    """The job's second half: the image through a round's model, into the round (the view
+    first with ``view``, only the view with ``view_only``; see :func:`iter_predict`).
+
+    The prediction is the round's own: made again (replaced) when asked for with other
+    outputs (uncertainty or not), resumed otherwise."""
     from ...core.weights import Weighting
     from ...run import Cancelled, iter_predict
 
     settings = chosen.attrs["inference"]
     yield ("predicting", chosen)
+    last = None
     try:
         for event in iter_predict(model, source, grid, chosen.prediction_path, postprocess="softmax",
                                   weighting=Weighting(settings["weighting"], border_weight=settings["border_weight"]),
-                                  batch_size=1, cancelled=cancelled):
+                                  batch_size=1, cancelled=cancelled, overwrite=True, **options):
+            last = event
             yield ("predict", event)
     except Cancelled:
         return
-    yield ("predicted", chosen.update(prediction={"path": rounds_io.PREDICTION, "complete": True}))
+    complete = last is not None and last.kind == "done"
+    yield ("predicted" if complete else "paused",
+           chosen.update(prediction={"path": rounds_io.PREDICTION, "complete": complete}))
 
 
 def _safe(name: str) -> str:
