@@ -17,6 +17,7 @@ import torch
 
 from napari_qlty import Grid, Weighting, infer
 from napari_qlty._napari.screen_view import ScreenView, grid_view, view_region, visible_box
+from napari_qlty.core.uncertainty import spot_grid
 from napari_qlty.io.prediction import Prediction
 from napari_qlty.run.regions import Regions
 from napari_qlty.run.view import View, ViewOrder
@@ -267,12 +268,14 @@ def test_uncertainty_layer_and_unsure_spots_to_jump_through(inference, viewer, t
     scores = points.features["score"].to_numpy()
     assert list(points.features["rank"]) == list(range(1, 21))
     assert np.all(np.diff(scores) <= 0) and scores[0] > 0
-    # the most unsure window really is: its mean entropy is the highest of all windows
-    grid = Grid(SHAPE, 16, 12, 2)
+    # the most unsure spot really is: of all windows of half the grid's (8, step 4), its
+    # mean entropy is the highest
+    spots = spot_grid(SHAPE, 16)
+    assert spots.window == (8, 8, 8) and spots.step == (4, 4, 4)
     entropy = store.uncertainty()[0, 1]
-    means = [entropy[tuple(slice(o, o + 16) for o in origin)].mean() for origin in grid.origins()]
+    means = [entropy[tuple(slice(o, o + 8) for o in origin)].mean() for origin in spots.origins()]
     assert scores[0] == pytest.approx(max(means), rel=1e-5)
-    np.testing.assert_allclose(points.data[0], np.asarray(widget.unsure.spots[0][2]) + 8)  # its centre
+    np.testing.assert_allclose(points.data[0], np.asarray(widget.unsure.spots[0][2]) + 4)  # its centre
 
     # jumping: the dims and the camera go to the first spot, then the second
     assert not widget.unsure.next_button.native.isHidden()

@@ -98,3 +98,14 @@ def test_ranking_finds_the_window_over_the_unsure_spot(scale):
         hi = [-(-(int(v) + w) // scale) for v, w in zip(o, grid.window)]
         brute.append(float(coarse[1, lo[0]:hi[0], lo[1]:hi[1]].mean()))
     assert mean == pytest.approx(max(brute))
+
+
+def test_spots_are_half_windows_overlapping_by_half_within_the_image():
+    from napari_qlty.core.uncertainty import spot_grid
+
+    g = spot_grid((64, 192, 160), (64, 128, 128))
+    assert g.window == (32, 64, 64) and g.step == (16, 32, 32)
+    assert spot_grid((10, 300), 64).window == (10, 32)  # at most the image
+    assert spot_grid((100, 100), 4).window == (8, 8)  # at least 8 voxels
+    origins = g.origins()
+    assert origins[:, 0].max() + 32 == 64 and len(g) == 3 * 5 * 4  # every voxel covered

@@ -286,3 +286,41 @@ def test_small_random_shapes(shape, seed):
     assert (t.labels[t.annotations == 1] == 1).all()
     assert (t.labels[t.annotations == 0] == 0).all()
     assert (t.annotations[~_annotated_plane_mask(t)] == IGNORE).all()
+
+
+# ----------------------------------------------------------------------------- strokes at a spot
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(z=st.integers(0, 63), y=st.integers(0, 191), x=st.integers(0, 159), half=st.integers(2, 24),
+       seed=st.integers(0, 2**16), corrects=st.booleans())
+def test_strokes_at_a_spot_agree_with_the_truth_and_stay_in_the_box(tomo: Tomogram, z, y, x, half, seed, corrects):
+    ann = tomo.annotations.copy()
+    rng = np.random.default_rng(seed)
+    predicted = (rng.random(tomo.labels.shape) < 0.1).astype(np.uint8) if corrects else None
+    fil, bg = sd.paint_spot(tomo.labels, ann, (z, y, x), half, rng, filament=9, background=40, predicted=predicted)
+    new = (ann != tomo.annotations)
+    assert int(new.sum()) == fil + bg and fil <= 9 and bg <= 40
+    where = np.argwhere(new)
+    assert (where[:, 0] == z).all()  # the slice through the spot
+    assert (np.abs(where[:, 1] - y) <= half).all() and (np.abs(where[:, 2] - x) <= half).all()
+    assert (tomo.annotations[new] == IGNORE).all()  # only unlabelled voxels were painted
+    assert (ann[new] == tomo.labels[new]).all()  # strokes agree with the ground truth
+    near = _dilate(tomo.labels, 2)
+    assert not (near & new & (ann == 0)).any()  # background strokes keep clear of filament
+    box = tomo.labels[z, max(0, y - half): y + half, max(0, x - half): x + half]
+    if (box == 1).sum() >= 9 + (tomo.annotations[z, max(0, y - half): y + half, max(0, x - half): x + half] == 1).sum():
+        assert fil == 9  # filament enough in the box: the whole budget is painted
+
+
+def test_strokes_correct_what_the_model_gets_wrong_first(tomo: Tomogram):
+    z, y, x = np.argwhere(tomo.labels == 1)[len(np.argwhere(tomo.labels == 1)) // 2]
+    predicted = np.zeros_like(tomo.labels)  # it misses every filament
+    predicted[z, y - 20: y + 20, x + 8: x + 20] = 1  # and calls some background filament
+    ann = np.full_like(tomo.annotations, IGNORE)
+    fil, bg = sd.paint_spot(tomo.labels, ann, (z, y, x), 20, np.random.default_rng(0), filament=5, background=10,
+                            predicted=predicted)
+    assert fil == 5 and bg == 10
+    assert ((predicted == 1) & ~_dilate(tomo.labels, 2)).sum() >= 10  # (false filament to paint over)
+    assert (predicted[ann == 0] == 1).all()  # the background strokes went over the false filament
+    assert (predicted[ann == 1] == 0).all()  # the filament strokes over missed filament
+    with pytest.raises(ValueError, match="centre"):
+        sd.paint_spot(tomo.labels, ann, (64, 0, 0), 4, np.random.default_rng(0))

@@ -1,5 +1,5 @@
 """Where the model is unsure, in the viewer: an uncertainty layer, and the most unsure
-windows as a ranked Points layer to jump through ("where to label next").
+spots as a ranked Points layer to jump through ("where to label next").
 
 A prediction run with ``uncertainty=True`` writes an "uncertainty" image beside the
 probabilities (:mod:`napari_qlty.core.uncertainty`: the overlapping windows'
@@ -19,7 +19,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 
 from ..core.grid import Grid
-from ..core.uncertainty import KINDS, rank_windows
+from ..core.uncertainty import KINDS, rank_windows, spot_grid
 from ._common import store_views
 
 if TYPE_CHECKING:
@@ -157,11 +157,13 @@ class UnsureFields:
             self.layer.refresh()
 
     def rank(self, grid: Grid, top: int = TOP) -> None:
-        """List the ``top`` most unsure windows of ``grid`` as a Points layer at their centres."""
+        """List the ``top`` most unsure spots as a Points layer at their centres: windows of
+        half ``grid``'s (:func:`~napari_qlty.core.uncertainty.spot_grid`)."""
         if self._store is None:
             return
         kind = self.kind_combo.value
         self._grid = grid
+        grid = spot_grid(grid.shape, grid.window)
         self.spots = unsure_windows(self._store, kind, grid, top)
         # the voxel at each window's centre: jumping there shows the point on its slice
         centres = [np.asarray(origin) + np.asarray(grid.window) // 2 for _, _, origin in self.spots]

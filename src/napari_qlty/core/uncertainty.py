@@ -85,6 +85,16 @@ def entropy(values: torch.Tensor, probabilities: bool, dim: int = 0) -> torch.Te
     return -(p * torch.log(p.clamp_min(1e-12))).sum(dim, keepdim=True)
 
 
+def spot_grid(shape, window) -> Grid:
+    """Windows to rank for "where to label next": half the size of ``window`` (per axis, at
+    least 8 voxels, at most the image), overlapping by half, so a spot is specific enough to
+    label (a whole inference window often spans the volume's depth)."""
+    shape = tuple(int(s) for s in shape)
+    window = (int(window),) * len(shape) if isinstance(window, int) else tuple(int(w) for w in window)
+    half = tuple(min(n, max(8, w // 2)) for n, w in zip(shape, window))
+    return Grid(shape, window=half, step=tuple(max(1, h // 2) for h in half))
+
+
 def rank_windows(score: torch.Tensor | np.ndarray, grid: Grid, top: int = 20, *, scale: int = 1
                  ) -> list[tuple[float, int, tuple[int, ...]]]:
     """The ``top`` windows with the highest mean ``score`` (N, *shape), best first, as

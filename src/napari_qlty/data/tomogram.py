@@ -28,6 +28,7 @@ __all__ = [
     "PAPER_SHAPE",
     "Tomogram",
     "make_tomogram",
+    "paint_spot",
 ]
 
 PAPER_SHAPE: tuple[int, int, int] = (236, 720, 510)
@@ -583,3 +584,42 @@ def make_tomogram(
     return Tomogram(image=image, labels=labels, annotations=annotations,
                     annotated_slices=chosen)
 
+
+
+def paint_spot(
+    labels: np.ndarray,
+    annotations: np.ndarray,
+    centre,
+    half: int,
+    rng: np.random.Generator,
+    *,
+    filament: int = 12,
+    background: int = 60,
+    predicted: np.ndarray | None = None,
+) -> tuple[int, int]:
+    """Simulate a person adding strokes at one spot, in place; returns (filament,
+    background) voxels painted.
+
+    On the XY slice through ``centre`` (z, y, x), within ``half`` voxels of it in y and x,
+    up to ``filament`` voxels are dabbed on filament and up to ``background`` voxels of
+    background are scribbled clear of it, as :func:`make_tomogram`'s annotator paints
+    (only on unlabelled voxels). With ``predicted`` labels (0/1, the model's), the person
+    corrects what is wrong first: filament strokes start on missed filament, background
+    strokes on false filament, where there is any in the box.
+    """
+    z, y, x = (int(c) for c in centre)
+    if annotations.shape != labels.shape or not all(0 <= c < n for c, n in zip((z, y, x), labels.shape)):
+        raise ValueError(f"centre {tuple(centre)} must lie in the volume {labels.shape} (annotations alike)")
+    box = (z, slice(max(0, y - half), y + half), slice(max(0, x - half), x + half))
+    ann2d = annotations[box].copy()
+    truth2d = labels[box]
+    allowed = ~_near_filament(labels, 0, z, _STROKE_CLEARANCE)[box[1:]]
+    fil = bg = 0
+    if predicted is not None:  # what is wrong first, then the rest of the budget anywhere
+        missed = (truth2d == 1) & (predicted[box] == 0)
+        fil = _paint_filament(rng, ann2d, missed.astype(truth2d.dtype), filament)
+        bg = _paint_background(rng, ann2d, allowed & (predicted[box] == 1), background)
+    fil += _paint_filament(rng, ann2d, truth2d, filament - fil)
+    bg += _paint_background(rng, ann2d, allowed, background - bg)
+    annotations[box] = ann2d
+    return fil, bg
