@@ -46,14 +46,6 @@ from napari_qlty.train.networks import reflect_index
 from napari_qlty.train.trainer import evaluate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- networks --------------------------------------------------------------------------------
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("levels", [0, 1, 2])
