@@ -352,8 +352,6 @@ def test_batchnorm_checkpoint_reloads_and_predicts(tmp_path):
     grid = Grid(x.shape[2:], window=8, step=6, border=1)
     predict(result.model, x.numpy(), grid, tmp_path / "out.zarr", weighting=Weighting("border", 0.0),
             postprocess="softmax", device="cpu")
-    import zarr
-
     expected = infer(result.model, x, grid, Weighting("border", 0.0), postprocess=lambda y: y.softmax(1))
     got = Prediction(tmp_path / "out.zarr").probabilities()[...]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
