@@ -41,6 +41,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--paths", default="strided,fused", help="strided (the CPU's path), fused (accelerators')")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,7 +65,7 @@ def main() -> None:
         sync(device)
 
     rows = []
-    for fused in (False, True):
+    for fused in [{"strided": False, "fused": True}[name] for name in args.paths.split(",")]:
         def ours():
             infer(model, x.to(device) if fused and device.type != "cpu" else x, grid, weighting, batch_size=b,
                   device=device, fused=fused)

@@ -57,11 +57,11 @@ def arm_demo(seed: int, budget: float, work: Path) -> dict:
          "--out", str(work)],
         capture_output=True, text=True, check=True).stdout
     import numpy as np
-    import zarr
 
     from napari_qlty.data.tomogram import make_tomogram
+    from napari_qlty.io.prediction import Prediction
 
-    predicted = np.asarray(zarr.open_group(str(work / "prediction.zarr"), mode="r")["labels"][0])
+    predicted = np.asarray(Prediction(work / "prediction.zarr").labels()[0])
     steps = {m: int(s) for m, s in re.findall(r"(unet|msdnet)\s+(?:done|stopped)\s+epoch \S+\s+step (\d+)/", out)}
     return {**score(make_tomogram(SHAPE, seed=seed).labels, predicted), "steps": steps}
 
@@ -69,7 +69,6 @@ def arm_demo(seed: int, budget: float, work: Path) -> dict:
 def arm_widget(seed: int, budget: float, work: Path) -> dict:
     import numpy as np
     import torch
-    import zarr
 
     torch.set_num_threads(1)
     import napari
@@ -78,6 +77,7 @@ def arm_widget(seed: int, budget: float, work: Path) -> dict:
     from napari_qlty._napari.samples import _layer_data
     from napari_qlty._napari.widgets.train import TrainWidget
     from napari_qlty.data.tomogram import make_tomogram
+    from napari_qlty.io.prediction import Prediction
 
     tomo = make_tomogram(SHAPE, seed=seed)
     viewer = napari.Viewer(show=True)
@@ -96,7 +96,7 @@ def arm_widget(seed: int, budget: float, work: Path) -> dict:
     if widget.outcome != "done":
         raise RuntimeError(widget.status.value)
     r = widget.current_round
-    predicted = np.asarray(zarr.open_group(str(r.prediction_path), mode="r")["labels"][0])
+    predicted = np.asarray(Prediction(r.prediction_path).labels()[0])
     steps = {m["arch"]: m["steps"] for m in r.attrs["members"]}
     viewer.close()
     return {**score(tomo.labels, predicted), "steps": steps, "held_out_f1": r.attrs["scores"]["val_f1"]}

@@ -28,6 +28,7 @@ def main() -> int:
     from distributed import LocalCluster
 
     from napari_qlty.cli import main as cli
+    from napari_qlty.io.prediction import Prediction
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -46,7 +47,7 @@ def main() -> int:
         with torch.no_grad():
             expected = net(torch.from_numpy(image.astype(np.float32))[None, None]).numpy()
         for name in ("out.zarr", "cluster.zarr"):
-            got = zarr.open_group(str(tmp / name), mode="r")["probabilities"][...]
+            got = Prediction(tmp / name).probabilities()[...]
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
     print("check-core: engine, CLI and cluster runner work without any GUI package")
     return 0

@@ -228,3 +228,19 @@ def test_an_export_that_would_be_empty_is_refused(files, capsys):
     argv[2] = str(tmp / "blank.zarr")
     assert main(argv) == 2
     assert "the labels hold no labelled voxel" in capsys.readouterr().err
+
+
+def test_labels_of_the_wrong_shape_name_the_labels_not_the_ignore_label(files, capsys):
+    tmp, image, labels, _ = files
+    np.save(tmp / "short.npy", labels[:, :-2])
+    assert main(["plan", str(tmp / "image.npy"), "--window", "16", "--step", "8",
+                 "--labels", str(tmp / "short.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "labels" in err and str(tmp / "short.npy") in err and "--ignore-label" not in err
+
+
+def test_an_ambiguous_input_names_the_axes_flag(tmp_path, capsys):
+    np.save(tmp_path / "six.npy", np.zeros((2, 2, 2, 2, 2, 8), np.float32))
+    assert main(["plan", str(tmp_path / "six.npy"), "--window", "4", "--step", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--axes" in err and "axes=" not in err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import zarr
 from package_builders import build_package
 
 from napari_qlty import Weighting, infer

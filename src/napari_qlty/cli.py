@@ -29,7 +29,8 @@ from .io.sources import open_source
 FLAGS = {"window": "--window", "step": "--step", "border": "--border", "border_weight": "--border-weight",
          "ignore_label": "--ignore-label", "min_labelled": "--min-labelled", "batch_size": "--batch-size",
          "threshold": "--threshold", "chunks": "--chunks", "levels": "--levels", "downscale": "--downscale",
-         "scale": "--scale", "translation": "--translation", "units": "--units", "level": "--level"}
+         "scale": "--scale", "translation": "--translation", "units": "--units", "level": "--level",
+         "axes": "--axes"}
 
 
 def int_or_tuple(text: str) -> int | tuple[int, ...]:
@@ -115,7 +116,11 @@ def open_labels(path: str, args, grid: Grid) -> LabelView:
     else:
         convention = LabelConvention(-1 if args.ignore_label is None else args.ignore_label, 0)
     try:
-        return LabelView(as_label_volume(src, grid), convention)
+        volume = as_label_volume(src, grid)
+    except ValueError as e:  # their shape: nothing --ignore-label could change
+        raise ValueError(f"{e} (labels: {path})") from None
+    try:
+        return LabelView(volume, convention)
     except ValueError as e:
         raise ValueError(f"{e} (--ignore-label; labels: {path})") from None
 
@@ -144,7 +149,10 @@ def package_model(args, src):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-qlty", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="napari-qlty",
+        description="Tiled deep learning on images larger than memory, without a screen: plan the windows, "
+                    "export training pairs, predict, export a model for bioimage.io.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="show the window grid (and the labels it keeps) without running a model")
@@ -247,7 +255,7 @@ def cmd_plan(args) -> int:
 
     src = open_input(args.input, args)
     grid = make_grid(args, src)
-    print(f"input      {src.describe()}")
+    print(f"input      {in_flags(src.describe())}")
     print(f"grid       window {grid.window}, step {grid.step}, border {grid.border}")
     print(f"windows    {' x '.join(map(str, grid.counts))} = {len(grid)} per image, "
           f"{len(grid) * src.shape[0]} in all")
@@ -318,7 +326,7 @@ def cmd_predict(args) -> int:
         classes=class_names_of(args.classes), uncertainty=args.uncertainty,
     ):
         if event.kind == "start":
-            print(f"input  {src.describe()}")
+            print(f"input  {in_flags(src.describe())}")
             print(f"grid   {' x '.join(map(str, grid.counts))} windows per image; {event.message}")
             bar = tqdm(total=event.windows_total, initial=event.windows_done, unit="window", desc="predict")
         elif event.kind == "region" and bar is not None:
@@ -345,6 +353,7 @@ def in_flags(message: str) -> str:
     for name, flag in sorted(FLAGS.items(), key=lambda kv: -len(kv[0])):
         word = rf"(?<![\w-]){name}"  # a whole word: scale, not downscale
         message = re.sub(word + r"(\[| along| must| has )", lambda m: flag + m.group(1), message)
+        message = re.sub(word + r"=(?=[\s,);]|$)", flag, message)  # "pass axes= to set": the flag alone
         message = re.sub(word + "=", flag + " ", message)
     return message
 

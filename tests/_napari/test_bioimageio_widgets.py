@@ -4,7 +4,6 @@ tick box that accepts its code), and the Train widget's export."""
 from __future__ import annotations
 
 import numpy as np
-import zarr
 from package_builders import REACH, build_package
 
 from napari_qlty import Weighting, infer

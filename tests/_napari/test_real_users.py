@@ -257,7 +257,7 @@ def test_rgb_channel_last_images_run_as_channels(viewer, layers, qtbot, tmp_path
         w.run()
         wait_idle(qtbot, w)
         assert w.outcome == "error"
-        assert "the model expects 1 channels, the image has 3" in w.status.value
+        assert "the model expects 1 channel, the image has 3" in w.status.value
         assert not (tmp_path / "gray.zarr").exists()
     finally:
         unregister_model("rgb conv")

@@ -204,8 +204,6 @@ def test_a_package_run_resumes_with_its_statistics(tmp_path):
         processing.statistics = original
     assert done[0].regions_done == 1 and done[-1].kind == "done"
     assert not calls  # the resume took the store's statistics of the whole volume
-    import zarr
-
     expected = infer(load_package(path), x, grid, Weighting("border", 0.0)).numpy()
     np.testing.assert_array_equal(Prediction(tmp_path / "out.zarr").probabilities()[...], expected)
 

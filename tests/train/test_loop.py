@@ -34,14 +34,6 @@ def tomogram():
     return make_tomogram(SHAPE, seed=1, annotated_fraction=5e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def napari_labels(tomo) -> np.ndarray:
     return (tomo.annotations.astype(np.int16) + 1).astype(np.uint8)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import threading
 
 import numpy as np
@@ -44,14 +45,6 @@ from napari_qlty.train import (
 )
 from napari_qlty.train.networks import reflect_index
 from napari_qlty.train.trainer import evaluate
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- networks --------------------------------------------------------------------------------
@@ -115,6 +108,21 @@ def test_planar_keeps_size_and_matches_slice_by_slice(axes):
         mean = torch.stack([p.softmax(1) for p in probs]).mean(0)
         torch.testing.assert_close(out.softmax(1), mean, atol=1e-5, rtol=1e-5)
 
+
+
+@pytest.mark.parametrize("window, channels, message", [
+    ((16, 16), 1, "the model takes 3D windows (z, y, x: it segments each slice with its neighbours), but the "
+                  "windows are 2D: choose a volume"),
+    ((2, 8, 16, 16), 1, "but the windows are 4D: run each time point on its own"),
+    ((8, 16, 16), 3, "the model expects 1 channel, the image has 3"),  # not "5 channels, the image has 15"
+])
+def test_a_planar_ensemble_says_what_it_takes_in_the_images_terms(window, channels, message):
+    from napari_qlty.models.probes import check_model_output
+
+    members = [planar("unet", context=2, channels=2, levels=1), planar("msdnet", context=2, layers=2)]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_model_output(Ensemble(members).eval(), channels, window, "cpu")
+    assert check_model_output(Ensemble(members).eval(), 1, (8, 16, 16), "cpu") == 2
 
 def test_reflect_index():
     assert reflect_index(torch.arange(-3, 8), 5).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]
@@ -360,8 +368,6 @@ def test_batchnorm_checkpoint_reloads_and_predicts(tmp_path):
     grid = Grid(x.shape[2:], window=8, step=6, border=1)
     predict(result.model, x.numpy(), grid, tmp_path / "out.zarr", weighting=Weighting("border", 0.0),
             postprocess="softmax", device="cpu")
-    import zarr
-
     expected = infer(result.model, x, grid, Weighting("border", 0.0), postprocess=lambda y: y.softmax(1))
     got = Prediction(tmp_path / "out.zarr").probabilities()[...]
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)

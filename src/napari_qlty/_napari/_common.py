@@ -38,11 +38,15 @@ OK_STYLE = ""
 
 # -- fields ------------------------------------------------------------------------------
 def parse_optional_per_axis(text: str, name: str, ndim: int) -> tuple[int, ...] | None:
-    """Like :func:`parse_per_axis` but empty means None and one value is repeated."""
+    """Like :func:`parse_per_axis`, but empty means None (automatic), one value is repeated,
+    and every value is at least 1."""
     if not str(text).strip():
         return None
     value = parse_per_axis(text, name, ndim)
-    return (value,) * ndim if isinstance(value, int) else value
+    values = (value,) * ndim if isinstance(value, int) else value
+    if min(values) < 1:
+        raise ValueError(f"{name} must be at least 1 voxel along every axis, or empty (automatic), got {text!r}")
+    return values
 
 
 def format_per_axis(value) -> str:

@@ -18,9 +18,11 @@ import torch
 from .grid import Grid
 from .weights import Weighting, WindowWeights, combine_norm, window_weights
 
-#: bytes of sums and weights normalised at a time on a CPU: half a core's L2 cache, so
-#: the finite check after the division reads from the cache, not from memory
-NORMALISE_BYTES = 1 << 21
+#: bytes of sums and weights normalised at a time on a CPU: few enough operators that a
+#: busy machine's thread hand-offs do not dominate (2 MiB blocks took 1.7 s for the
+#: paper's volume on 2 loaded cores, 16 MiB 0.8 s; both about 0.15 s idle), small
+#: enough that the finite check after the division reads from the cache
+NORMALISE_BYTES = 1 << 24
 
 
 def fused_for(device: torch.device | str | None) -> bool:
@@ -241,8 +243,8 @@ def normalise_(sums: torch.Tensor, weights: WindowWeights, start: Sequence[int],
                one_pass: bool | None = None) -> torch.Tensor:
     """Divide weighted sums (N, C, *box), box at ``start``, by the total weight, in place.
 
-    On a CPU it works in blocks of rows small enough for a core's cache (the sums of
-    every channel and their weight block), so dividing and checking read memory once;
+    On a CPU it works in blocks of rows that fit the cache (the sums of every channel and
+    their weight block), so dividing and checking read memory once;
     with ``one_pass`` (default: on accelerators, where kernel launches, not memory, are
     the cost) the whole box is one block. Raises ``ValueError`` if any value is NaN or
     infinite (a model output went wrong).

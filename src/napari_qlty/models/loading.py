@@ -9,6 +9,7 @@ import pickle
 import re
 import threading
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 
 import torch
@@ -192,6 +193,16 @@ def _unpickler_reason(error: Exception) -> str:
     return match.group(1).strip() if match else str(error).strip().splitlines()[0]
 
 
+def _not_torch(path) -> str | None:
+    """Why a file torch cannot load is no model at all, or None for a torch.save archive
+    (a zip), whose own error may say what is wrong with it. (For other bytes torch's
+    reason is an opcode, "Unsupported operand 112", which tells a user nothing.)"""
+    if zipfile.is_zipfile(path):
+        return None
+    return ("it is none of TorchScript (.pt), a torch.export program (.pt2), a state dict, "
+            "a napari-qlty model or a bioimage.io package")
+
+
 def _load_state_dict(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
     path = spec.path
     try:
@@ -202,11 +213,11 @@ def _load_state_dict(spec: ModelSpec, device: torch.device) -> torch.nn.Module:
                 f"{path}: {PICKLED_MODEL_MESSAGE}{_unsupported_global(e)}"
             ) from None
         raise ModelLoadError(
-            f"{path} is not a model file torch can read ({_unpickler_reason(e)})"
+            f"{path} is not a model file torch can read ({_not_torch(path) or _unpickler_reason(e)})"
         ) from None
     except Exception as e:
         raise ModelLoadError(
-            f"{path} is not a model file torch can read ({type(e).__name__}: {e})"
+            f"{path} is not a model file torch can read ({_not_torch(path) or f'{type(e).__name__}: {e}'})"
         ) from None
     state = _unwrap_state_dict(obj, path)
     recipe = read_recipe(obj, path)

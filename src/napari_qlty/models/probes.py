@@ -73,7 +73,7 @@ def model_message(error: BaseException) -> str:
         text = text.split(": ", 1)[1]
     channels = _CHANNELS.search(text)
     if channels:
-        return f"the model expects {channels.group(1)} channels, the image has {channels.group(2)}"
+        return expects_channels(int(channels.group(1)), int(channels.group(2)))
     dims = _DIMENSIONS.search(text)
     if dims:
         spatial = int(dims.group(3))
@@ -81,6 +81,11 @@ def model_message(error: BaseException) -> str:
         return (f"the model takes {spatial}D windows, but the windows are {given}D: "
                 f"tile {spatial} axes (for a time-lapse, run each time point on its own)")
     return text
+
+
+def expects_channels(expected: int, given: int) -> str:
+    """``the model expects 1 channel, the image has 3``."""
+    return f"the model expects {expected} channel{'s' if expected != 1 else ''}, the image has {given}"
 
 
 def expected_channels(model) -> int | None:
@@ -113,7 +118,7 @@ def check_input_channels(model, in_channels: int) -> None:
     """ValueError when the model says it takes another number of channels than the image has."""
     expected = expected_channels(model)
     if expected is not None and expected != int(in_channels):
-        raise ValueError(f"the model expects {expected} channels, the image has {int(in_channels)}")
+        raise ValueError(expects_channels(expected, int(in_channels)))
 
 
 def check_model_output(

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.probes import expects_channels
+
 __all__ = ["FACTORIES", "MSDNet", "Planar", "UNet", "fold_batchnorm", "msdnet", "planar", "reflect_index", "stack_slices", "unet"]
 
 
@@ -198,8 +200,14 @@ class Planar(nn.Module):
         self.slices_per_batch = int(slices_per_batch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 5:
-            raise ValueError(f"Planar takes (batch, channels, Z, Y, X), got {tuple(x.shape)}")
+        if x.ndim != 5:  # said in the image's terms: the widgets and the command line show it as is
+            given = x.ndim - 2
+            raise ValueError(
+                f"the model takes 3D windows (z, y, x: it segments each slice with its neighbours), but the "
+                f"windows are {given}D" + (": run each time point on its own" if given == 4 else
+                                           ": choose a volume" if given == 2 else ""))
+        if x.shape[1] != self.in_channels:  # else the convolution would count slices times channels
+            raise ValueError(expects_channels(self.in_channels, int(x.shape[1])))
         k, several = self.context, len(self.axes) > 1
         total = None
         for axis in self.axes:

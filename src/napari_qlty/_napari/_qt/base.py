@@ -27,7 +27,10 @@ class ViewerWidget(Container):
     """A magicgui Container bound to a viewer; layer pickers refresh as layers come and go."""
 
     def __init__(self, viewer: napari.viewer.Viewer, **kwargs) -> None:
-        super().__init__(**kwargs)
+        super().__init__(scrollable=True, **kwargs)
+        self._fit_width = _FitWidth(self.root_native_widget)
+        # fields stay at the top of a tall dock (the widgets added later go before it)
+        self.root_native_widget.widget().layout().addStretch(1)
         self._viewer = viewer
         self._connections: list[tuple] = []
         events = viewer.layers.events
@@ -54,6 +57,13 @@ class ViewerWidget(Container):
         t.setInterval(interval_ms)
         t.timeout.connect(callback)
         return t
+
+    @property
+    def native(self):
+        """The scroll area around the fields. napari docks ``.native``: a widget taller
+        than its share of the dock column then scrolls, instead of stretching the
+        window past the bottom of the screen when several widgets are open."""
+        return self.root_native_widget
 
     @property
     def viewer(self) -> napari.viewer.Viewer:
@@ -83,6 +93,24 @@ def form(*widgets) -> Container:
     box.margins = (0, 0, 0, 0)
     box.extend(widgets)  # (inserting aligns the labels' column)
     return box
+
+
+def _FitWidth(scroll):
+    """Keep ``scroll`` (a vertical QScrollArea) as wide as its content's minimum plus the
+    scroll bar, whatever style napari applies later: a scroll area never scrolls
+    sideways here, so anything narrower would cut the fields' right edge off."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class Filter(QObject):
+        def eventFilter(self, obj, event):  # noqa: N802 - Qt's name
+            if event.type() in (QEvent.Type.LayoutRequest, QEvent.Type.Show):
+                bar = scroll.verticalScrollBar().sizeHint().width()
+                scroll.setMinimumWidth(obj.minimumSizeHint().width() + bar + 2 * scroll.frameWidth())
+            return False
+
+    f = Filter(scroll)
+    scroll.widget().installEventFilter(f)
+    return f
 
 
 def _disconnect_all(connections: list[tuple]) -> None:

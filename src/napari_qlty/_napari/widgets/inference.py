@@ -425,11 +425,18 @@ class InferenceWidget(TaskWidget):
             path = self.model_path.value
             if str(path).strip() in ("", "."):
                 raise ValueError("choose a model file (or a model registered in this session)")
+            if Path(path).is_dir():
+                raise ValueError(f"load model: {path} is a folder; choose a model file (for an unpacked "
+                                 "bioimage.io package, its rdf.yaml)")
             if not Path(path).is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
             if self.package.package is not None:
                 return self.package.spec(str(path))
-            return ModelSpec(str(path), self.factory_edit.value.strip() or None)
+            factory = self.factory_edit.value.strip() or None
+            if factory is None and _weights_only(path):
+                raise ValueError(f"{Path(path).name} holds weights only (a state dict): fill in factory with the "
+                                 "function that builds its network, package.module:function")
+            return ModelSpec(str(path), factory)
         model = REGISTRY.models.get(choice)
         if model is None:
             raise ValueError(f"the model {choice!r} is no longer registered")
@@ -623,6 +630,14 @@ class InferenceWidget(TaskWidget):
         self._remove_empty_layers()
         set_status(self.status, f"Prediction failed: {error_text(exc, self.overwrite_check.text)}", error=True)
         notify_error(exc)
+
+
+def _weights_only(path) -> bool:
+    """A torch.save archive of weights that does not say which network they are for (a
+    napari-qlty model does): it needs the factory field."""
+    import zipfile
+
+    return model_kind(path) == "state_dict" and zipfile.is_zipfile(path) and checkpoint_recipe(path) is None
 
 
 def _levels(text: str) -> int | None:

@@ -209,6 +209,9 @@ class TrainWidget(TaskWidget):
         self.events_seen: list[str] = []
         self.probability_layer = None
         self.prediction_labels_layer = None
+        #: the prediction layers of each image (by id): a round of another image gets layers of its
+        #: own (re-pointing a layer at data of another shape corrupts napari's view of it)
+        self._layers_of: dict[int, tuple] = {}
         self._mode = "train"
         self._budget = 60.0
         self._t0 = self._drawn = 0.0
@@ -232,6 +235,7 @@ class TrainWidget(TaskWidget):
         self.save_button.changed.connect(self.save)
         self.round_combo.changed.connect(self._on_round_chosen)
         self.labels_combo.changed.connect(self._refresh_rounds)
+        self.image_combo.changed.connect(self._refresh_rounds)  # the rounds listed are those of this image
         self.rounds_edit.changed.connect(self._refresh_rounds)
         self.connect_to(viewer.layers.events.removed, self._on_layer_removed)
         self.connect_to(viewer.layers.events.removed, self.unsure.forget)
@@ -304,8 +308,10 @@ class TrainWidget(TaskWidget):
         self.save_button.enabled = self.more_button.enabled = self.predict_button.enabled = not self.running
         key = (str(chosen.path.parent), chosen.number)
         self.model, self.model_name = self._models.get(key, (None, None))
-        if chosen.attrs.get("prediction") and chosen.prediction_path.exists():  # whole, or the view
-            self._show_prediction(chosen.prediction_path)
+        image = self.image_combo.value  # the rounds listed are this image's
+        # a whole prediction, or the view only
+        if image is not None and chosen.attrs.get("prediction") and chosen.prediction_path.exists():
+            self._show_prediction(chosen.prediction_path, image, self.fields.each_time_point(image))
 
     def _round_model(self, r: rounds_io.Round):
         """The model of round ``r`` (this session's, or loaded from its checkpoint)."""
@@ -588,7 +594,7 @@ class TrainWidget(TaskWidget):
     def _on_predict_event(self, event) -> None:
         self.last_predict = event
         if event.kind == "start" or (event.kind == "done" and self.probability_layer is None):
-            self._show_prediction(self._predicting)
+            self._show_prediction(self._predicting, self._image, self._each_time_point)
             if event.kind == "start" and self.screen is not None:
                 from ...io.prediction import Prediction
 
@@ -611,18 +617,19 @@ class TrainWidget(TaskWidget):
         self.metrics.value = (f"predicting: windows {thousands(event.windows_done)}/{thousands(event.windows_total)}"
                               f" · {format_duration(event.elapsed)}" + self._latency_text())
 
-    def _show_prediction(self, path: Path) -> None:
-        """Show a round's prediction: one probability layer and one labels layer, re-pointed
-        at each round rather than added again."""
+    def _show_prediction(self, path: Path, image, each_time_point: bool) -> None:
+        """Show a round's prediction of ``image``: one probability layer and one labels
+        layer per image, re-pointed at each round rather than added again."""
         from ...io.prediction import Prediction
         from .inference import foreground_channel
 
         store = Prediction(path)
-        image = self._image or self.image_combo.value
         if image is None or not store.layout["probabilities"]:
             return
+        # this image's layers; another image's are left showing its own prediction
+        self.probability_layer, self.prediction_labels_layer = self._layers_of.get(id(image), (None, None))
         where = {"scale": image.scale, "translate": image.translate}
-        which = None if self._each_time_point else 0
+        which = None if each_time_point else 0
         fg = foreground_channel(store.layout["channels"])
         data, multiscale = store_views(store, "probabilities", fg, image=which)
         names = self._class_names()
@@ -640,8 +647,9 @@ class TrainWidget(TaskWidget):
             self.prediction_labels_layer = self.viewer.add_labels(
                 data, name=f"{image.name} · predicted labels", opacity=0.5, visible=False, multiscale=multiscale,
                 **where)
+        self._layers_of[id(image)] = (self.probability_layer, self.prediction_labels_layer)
         if store.layout.get("uncertainty"):
-            self.unsure.show(store, where, self._each_time_point, image.name)
+            self.unsure.show(store, where, each_time_point, image.name)
         labels = self.labels_combo.value
         if labels is not None and labels in self.viewer.layers:
             self.viewer.layers.selection.active = labels  # ready to paint the next strokes
