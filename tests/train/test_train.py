@@ -526,3 +526,19 @@ def test_clean_pairs_feed_the_trainer():
     config = TrainConfig(arch="unet", net={"channels": 2, "levels": 1}, patch=8, batch_size=2, epochs=1,
                          steps_per_epoch=1)
     assert train(config, pairs).last.kind == "done"
+
+
+def test_the_networks_file_runs_alone_for_a_package():
+    """Its source ships in bioimage.io packages as napari_qlty_networks.py, where napari-qlty
+    is not installed: it may import torch and the standard library only."""
+    import ast
+    import sys
+
+    import napari_qlty.train.networks as networks
+
+    tree = ast.parse(open(networks.__file__, encoding="utf-8").read())
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+    assert not [node.module for node in imports if isinstance(node, ast.ImportFrom) and node.level]
+    roots = {alias.name.split(".")[0] for node in imports if isinstance(node, ast.Import) for alias in node.names}
+    roots |= {node.module.split(".")[0] for node in imports if isinstance(node, ast.ImportFrom)}
+    assert roots <= {"torch"} | set(sys.stdlib_module_names) | {"__future__"}
