@@ -109,9 +109,10 @@ def test_rounds_are_recorded_beside_the_labels_and_can_be_gone_back_to(loop, vie
     inference = InferenceWidget(viewer)
     viewer.window.add_dock_widget(inference)
     inference.model_combo.value = "tomogram · round 2"
-    # the recipe's inference settings (window 128, step 108, border 10, weight 0), clipped to the image
+    # the recipe's inference settings (window 128, step 108, border 10, weight 0), clipped to the
+    # image; 16 deep with a border of the networks' context (2) along z
     assert (inference.window_edit.value, inference.step_edit.value, inference.border_edit.value) == \
-        ("32, 64, 48", "32, 64, 48", "10")
+        ("16, 64, 48", "12, 64, 48", "2, 10, 10")
     assert inference.weighting_combo.value == "border" and inference.border_weight_spin.value == 0.0
 
     # a file that is not a model is never replaced

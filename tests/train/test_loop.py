@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_qlty import Grid, Weighting, infer
 from napari_qlty.core.holdout import hold_out, positions_of
 from napari_qlty.core.intensity import Normalisation
 from napari_qlty.core.labels import IGNORE
@@ -67,10 +68,12 @@ def test_the_recipe_is_the_demos():
     assert Recipe.from_json(DEFAULT_RECIPE.to_json()) == DEFAULT_RECIPE
     # inference settings are clipped to the image
     s = DEFAULT_RECIPE.inference((64, 192, 20))
-    assert s == {"window": [64, 128, 20], "step": [64, 108, 20], "border": [10, 10, 9], "weighting": "border",
-                 "border_weight": 0.0}
+    assert s == {"window": [16, 128, 20], "step": [12, 108, 20], "border": [2, 10, 9], "weighting": "border",
+                 "border_weight": 0.0}  # thin along z: the networks are 2.5D
     grid = DEFAULT_RECIPE.inference_grid((64, 192, 20))
-    assert grid.counts == (1, 2, 1)
+    assert grid.counts == (5, 2, 1)
+    assert replace(DEFAULT_RECIPE, infer_depth=None).inference_grid((64, 192, 20)).counts == (1, 2, 1)
+    assert DEFAULT_RECIPE.inference((12, 50))["window"] == [12, 50]  # 2D: no depth
 
 
 def test_the_learning_rate_follows_steps_or_time_whichever_ends_first():
@@ -109,7 +112,7 @@ def test_a_round_trains_scores_and_records_everything(tmp_path, tomogram):
     assert set(a["scores"]["per_class"]) == set(NAMES) and 0 <= a["scores"]["val_f1"] <= 1
     assert a["labelled"] == {n: int((painted == k + 1).sum()) for k, n in enumerate(NAMES)}
     assert a["recipe"] == RECIPE.to_json() and a["seed"] == 3 and a["grid"]["window"] == [24, 32, 32]
-    assert a["inference"]["window"] == [24, 64, 64]
+    assert a["inference"]["window"] == [16, 64, 64]  # thin along z (2.5D networks)
     # the recorded checkpoint is the model, and it applies its normalisation by itself
     model = result.model
     assert isinstance(model, Ensemble) and model.napari_qlty_normalisation.mode == "percentile"
@@ -220,3 +223,26 @@ def test_train_more_continues_a_round_that_stopped_after_its_first_network(tmp_p
     more, _ = a_round(rounds, tomogram, napari_labels(tomogram), parent=stopped.round, parent_model=stopped.model)
     assert [m["arch"] for m in more.round.attrs["members"]] == ["unet"]
     assert more.round.parent == stopped.round.number
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_thin_inference_windows_give_the_voxels_deep_ones_give(dtype):
+    """A 2.5D network reaches ``context`` slices along z: windows 16 deep with a z border of
+    the context (weight 0) give what one window through the whole depth gives."""
+    from napari_qlty.train.networks import planar
+
+    torch.manual_seed(0)
+    model = planar("unet", context=DEFAULT_RECIPE.configs(ndim=3, classes=2)[0].context,
+                   channels=2, levels=1).eval()
+    shape = (40, 24, 20)
+    image = torch.from_numpy(np.random.default_rng(1).integers(0, 100, shape).astype(dtype))[None, None]
+    thin = DEFAULT_RECIPE.inference(shape)
+    deep = replace(DEFAULT_RECIPE, infer_depth=None).inference(shape)
+    assert thin["window"][0] < shape[0] == deep["window"][0]
+    outputs = []
+    for s in (thin, deep):
+        grid = Grid(shape, window=s["window"], step=s["step"], border=s["border"])
+        with torch.no_grad():
+            outputs.append(infer(model, image, grid, Weighting("border", border_weight=s["border_weight"]),
+                                 batch_size=3))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

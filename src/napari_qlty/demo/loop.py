@@ -25,6 +25,7 @@ import argparse
 import math
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,8 +131,6 @@ def table2(stats, shape) -> str:
 # -- 3. training ------------------------------------------------------------------------
 def demo_recipe(args) -> Recipe:
     """The shared recipe, with the hidden knobs' changes."""
-    from dataclasses import replace
-
     return replace(DEFAULT_RECIPE, window=args.train_window, step=args.train_step,
                    infer_window=args.infer_window, infer_step=args.infer_step, infer_border=args.infer_border)
 
@@ -305,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     # 4 ------------------------------------------------------------------------------
     section(f"4. inference: window {recipe.infer_window}, step {recipe.infer_step}, border {recipe.infer_border}, "
             f"border weight {recipe.border_weight:g} (Table 3)")
-    grid = recipe.inference_grid(shape)
+    grid = replace(recipe, infer_depth=None).inference_grid(shape)  # the paper's deep windows
     prediction = out / "prediction.zarr"
     t = time.perf_counter()
     predict(model, x.numpy(), grid, prediction, weighting=Weighting("border", border_weight=recipe.border_weight),

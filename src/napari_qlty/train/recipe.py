@@ -14,7 +14,10 @@ drift apart:
   the XY plane, masked cross-entropy with class weights ``(1 / frequency) ** 0.5``,
   Adam at 3e-3 along a cosine to 1e-4 that follows the time budget;
 * inference windows 128, step 108, border 10 with border weight 0 (each voxel taken
-  from the one window whose trusted interior holds it).
+  from the one window whose trusted interior holds it); in 3D only 16 deep, with a
+  border of the networks' context along z (2 slices), which is all a 2.5D network
+  reaches along z: the same voxels as deep windows, and a slice on screen is predicted
+  from a few thin windows instead of the whole depth.
 
 A time budget is shared between the networks as the demo does: each gets an equal part
 of what is left when its turn comes. "Train more" continues every network from its
@@ -63,6 +66,10 @@ class Recipe:
     infer_step: int = 108
     infer_border: int = 10
     border_weight: float = 0.0
+    infer_depth: int | None = 16
+    """Depth along z of 3D inference windows: the networks are 2.5D, so their reach along
+    z is their context, and a z border of the context gives the voxels deep windows give.
+    None: as deep as the others (the paper's grid, which the demo reproduces)."""
     threads: int | None = 1
     """torch threads while training: these small networks gain nothing from more on a
     CPU and lose a lot when it is shared (docs/demo.md: 24 ms a U-Net step on one
@@ -109,8 +116,14 @@ class Recipe:
         """Inference window, step, border and weighting for an image of ``shape`` (the
         window is clipped to the image; the border to what the window allows)."""
         window = [min(self.infer_window, int(s)) for s in shape]
-        return {"window": window, "step": [min(self.infer_step, w) for w in window],
-                "border": [min(self.infer_border, (w - 1) // 2) for w in window],
+        step = [min(self.infer_step, w) for w in window]
+        border = [min(self.infer_border, (w - 1) // 2) for w in window]
+        thin = len(shape) == 3 and self.infer_depth is not None  # 3D: 2.5D networks (see configs)
+        if thin and window[0] > self.infer_depth:
+            window[0] = self.infer_depth
+            border[0] = min(TrainConfig.context, (window[0] - 1) // 2)
+            step[0] = window[0] - 2 * border[0]
+        return {"window": window, "step": step, "border": border,
                 "weighting": "border", "border_weight": self.border_weight}
 
     def inference_grid(self, shape: Sequence[int], **kwargs) -> Grid:
