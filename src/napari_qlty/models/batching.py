@@ -166,13 +166,16 @@ class _PeakTracker(TorchDispatchMode):
 
 
 def _measure_host(model, in_channels, window, dev, dtype):
-    """(bytes per window, fixed bytes, C_out) from the peak tensor bytes at batch 1 and 2."""
-    peaks, c_out = [], 0
-    for batch in (1, 2):
+    """(bytes per window, fixed bytes, C_out) from the peak tensor bytes at batch 1 and 2,
+    and on a CPU from the growth of the process's resident high-water mark in the same
+    calls (:class:`_ResidentPeak`). Three calls: the first, at batch 1, warms the
+    allocator and the operators up and is not counted."""
+    tensors, resident, c_out = [], [], 0
+    for batch in (1, 1, 2):
         x = torch.zeros((batch, in_channels, *window), dtype=dtype, device=dev)
-        tracker = _PeakTracker()
+        tracker, rss = _PeakTracker(), _ResidentPeak(dev)
         try:
-            with tracker:
+            with rss, tracker:
                 out = call_checked(model, x, dtype)
         except Exception as e:
             if batch == 1 or not (isinstance(e, ValueError) or is_oom(e)):
@@ -181,48 +184,54 @@ def _measure_host(model, in_channels, window, dev, dtype):
             return (None, 0), c_out
         check_output(out, tuple(x.shape))
         c_out = int(out.shape[1])
-        peaks.append(tracker.peak + x.numel() * x.element_size())  # the window's cast copy too
+        cast = x.numel() * x.element_size()  # the window's cast copy too
+        tensors.append(tracker.peak + cast)
+        resident.append(None if rss.growth is None else rss.growth + cast)
         del out, x
-    per_window, fixed = _split(peaks, in_channels, c_out, window, dtype)
-    if dev.type == "cpu":
-        resident = _resident_peaks(model, in_channels, window, dev, dtype)
-        if resident is not None:
-            r_window, r_fixed = _split(resident, in_channels, c_out, window, dtype)
-            per_window, fixed = max(per_window, r_window), max(fixed, r_fixed)
+    per_window, fixed = _split(tensors[1:], in_channels, c_out, window, dtype)
+    if None not in resident[1:]:
+        r_window, r_fixed = _split(resident[1:], in_channels, c_out, window, dtype)
+        per_window, fixed = max(per_window, r_window), max(fixed, r_fixed)
     return (per_window, fixed), c_out
 
 
-def _resident_peaks(model, in_channels, window, dev, dtype) -> list[int] | None:
-    """Growth of the process's peak resident memory while batches of 1 and 2 windows run
-    (Linux: the kernel's high-water mark, reset before each), after one warm-up call.
+class _ResidentPeak:
+    """Growth of the process's peak resident memory inside the ``with`` block, on a CPU
+    (Linux: the kernel's high-water mark, reset on entry); ``growth`` is None elsewhere.
 
     This sees what the tensor count cannot: the operators' own workspaces (a CPU
-    convolution's unfolded columns) and the threads they run on. None where the kernel
-    offers no reset.
+    convolution's unfolded columns) and the threads they run on.
     """
-    def status(key: str) -> int:
+
+    def __init__(self, dev: torch.device) -> None:
+        self.enabled = dev.type == "cpu"
+        self.growth: int | None = None
+        self._before = 0
+
+    @staticmethod
+    def _status(key: str) -> int:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith(key):
                     return int(line.split()[1]) * 1024
         raise OSError(key)
 
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1, in_channels, *window), dtype=dtype, device=dev))
-        peaks = []
-        for batch in (1, 2):
-            x = torch.zeros((batch, in_channels, *window), dtype=dtype, device=dev)
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            before = status("VmRSS")
-            with torch.no_grad():
-                out = model(x)
-            peaks.append(max(0, status("VmHWM") - before) + x.numel() * x.element_size())
-            del out, x
-        return peaks
-    except (OSError, ValueError, RuntimeError):
-        return None
+    def __enter__(self) -> _ResidentPeak:
+        if self.enabled:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self._before = self._status("VmRSS")
+            except OSError:
+                self.enabled = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled and exc[0] is None:
+            try:
+                self.growth = max(0, self._status("VmHWM") - self._before)
+            except OSError:
+                self.growth = None
 
 
 def _split(peaks, in_channels, c_out, window, dtype) -> tuple[int, int]:
