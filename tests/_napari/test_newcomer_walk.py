@@ -28,3 +28,38 @@ def test_grid_preview_draws_over_an_image_added_after_it(viewer, qtbot):
     assert layers.index(preview.seams_layer) > layers.index(photo)
     assert len(preview.windows_layer.data) > 0
     assert first in viewer.layers
+
+
+def test_other_parameters_are_said_in_the_widgets_words(viewer, qtbot, tmp_path):
+    """Running into a prediction made with other parameters names what differs as the
+    fields show it ("step: stored 6 × 5 × 5, now 4"; "uncertainty: stored off, now on"):
+    no Python lists, None or quotes. The folder is left as it was."""
+    import torch
+
+    from napari_qlty._napari import register_model, unregister_model
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+
+    image = viewer.add_image(np.random.default_rng(0).integers(0, 255, (12, 30, 26), dtype=np.uint8), name="stack")
+    torch.manual_seed(0)
+    register_model("conv", torch.nn.Conv3d(1, 2, 3, padding=1))
+    try:
+        w = InferenceWidget(viewer)
+        viewer.window.add_dock_widget(w)
+        w.image_combo.value, w.model_combo.value = image, "conv"
+        w.window_edit.value, w.step_edit.value, w.border_edit.value = "8, 10, 10", "6, 8, 8", "1"
+        w.output_edit.value = tmp_path / "out.zarr"
+        w.run()
+        qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+        assert w.outcome == "done", w.status.value
+        w.step_edit.value = "4"
+        w.unsure.check.value = True
+        w.run()
+        qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+        message = w.status.value
+        assert w.outcome == "error", message
+        assert "step: stored 6 × 8 × 8, now 4" in message
+        assert "uncertainty: stored off, now on" in message
+        for python in ("[", "None", "'"):
+            assert python not in message, message
+    finally:
+        unregister_model("conv")
