@@ -63,3 +63,49 @@ def test_other_parameters_are_said_in_the_widgets_words(viewer, qtbot, tmp_path)
             assert python not in message, message
     finally:
         unregister_model("conv")
+
+
+def test_export_for_bioimageio_runs_in_the_background_and_names_the_round(viewer, sample_layers, tmp_path, qtbot):
+    """Export for bioimage.io validates, reloads and test-runs the package (a minute on a
+    laptop): napari stays usable and the status says what is going on, and a round reopened
+    in a new session is named as in Tiled inference (it said "Exported 'None'")."""
+    from napari_qlty._napari import unregister_model
+    from napari_qlty._napari._registry import registered_models
+    from napari_qlty._napari.widgets.train import TrainWidget
+    from napari_qlty.io import labels_store
+
+    image, sparse = sample_layers
+    viewer.add_image(image, name="tomogram")
+    names = {1: "background", 2: "filament"}
+    store = labels_store.create(tmp_path / "strokes.zarr", image.shape, names)
+    store[...] = sparse.astype(np.uint8)
+    strokes = viewer.add_labels(store, name="strokes", features=labels_store.features_table(names))
+    before = set(registered_models())
+    try:
+        first = TrainWidget(viewer)
+        viewer.window.add_dock_widget(first)
+        first.window_edit.value, first.step_edit.value = "32", "16"
+        first.config_overrides = {"nets": {"unet": {"channels": 4, "levels": 1}}, "patch": 16, "batch_size": 2,
+                                  "epochs": 1, "steps_per_epoch": 2, "val_samples": 4, "threads": 1}
+        first.predict_check.value = False
+        first.train()
+        qtbot.waitUntil(lambda: not first.running, timeout=TIMEOUT_MS)
+        assert first.outcome == "done", first.status.value
+        viewer.window.remove_dock_widget(first.native)
+
+        # a new session: the labels' rounds are listed, nothing trained here
+        widget = TrainWidget(viewer)
+        viewer.window.add_dock_widget(widget)
+        widget.labels_combo.value = strokes
+        assert widget.round_combo.value == 1 and widget.model_name is None
+        widget.save_path.value = tmp_path / "model.pt"
+        widget.package_button.native.click()
+        assert "Exporting round 1" in widget.status.value
+        assert not widget.package_button.enabled  # still running: the click came back at once
+        qtbot.waitUntil(lambda: widget.package_button.enabled, timeout=TIMEOUT_MS)
+        assert (tmp_path / "model.zip").is_file(), widget.status.value
+        assert widget.status.value.startswith("Exported 'tomogram · round 1' to "), widget.status.value
+        assert "None" not in widget.status.value
+    finally:
+        for name in set(registered_models()) - before:
+            unregister_model(name)
