@@ -109,3 +109,32 @@ def test_export_for_bioimageio_runs_in_the_background_and_names_the_round(viewer
     finally:
         for name in set(registered_models()) - before:
             unregister_model(name)
+
+
+def test_the_uncertainty_layer_adds_nothing_where_the_model_is_sure(viewer, qtbot, tmp_path):
+    """The uncertainty layer is blended additively over the image: zero uncertainty (and
+    regions not run yet) must add no colour. Viridis starts at dark purple, which tinted
+    the whole image purple, finished or not."""
+    import torch
+
+    from napari_qlty._napari import register_model, unregister_model
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+
+    image = viewer.add_image(np.random.default_rng(0).integers(0, 255, (12, 30, 26), dtype=np.uint8), name="stack")
+    register_model("conv", torch.nn.Conv3d(1, 2, 3, padding=1))
+    try:
+        w = InferenceWidget(viewer)
+        viewer.window.add_dock_widget(w)
+        w.image_combo.value, w.model_combo.value = image, "conv"
+        w.window_edit.value, w.step_edit.value, w.border_edit.value = "8, 10, 10", "6, 8, 8", "1"
+        w.output_edit.value = tmp_path / "out.zarr"
+        w.unsure.check.value = True
+        w.run()
+        qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+        assert w.outcome == "done", w.status.value
+        layer = w.unsure.layer
+        assert layer is not None and layer.blending == "additive"
+        low = layer.contrast_limits[0]
+        assert np.allclose(layer.colormap.map(np.array([0.0]))[0, :3], 0, atol=0.02), low
+    finally:
+        unregister_model("conv")
