@@ -138,3 +138,29 @@ def test_the_uncertainty_layer_adds_nothing_where_the_model_is_sure(viewer, qtbo
         assert np.allclose(layer.colormap.map(np.array([0.0]))[0, :3], 0, atol=0.02), low
     finally:
         unregister_model("conv")
+
+
+def test_tiled_inference_names_the_probability_by_the_models_class(viewer, qtbot, tmp_path):
+    """A model that names its classes shows "P(cell)", as the Train widget and the reader
+    do, not "P(class 1)"."""
+    import torch
+
+    from napari_qlty._napari.widgets.inference import MODEL_FILE, InferenceWidget
+    from napari_qlty.train import save_checkpoint
+    from napari_qlty.train.networks import msdnet
+
+    torch.manual_seed(0)
+    kwargs = {"dims": 2, "layers": 2}
+    model = save_checkpoint(msdnet(**kwargs).eval(), tmp_path / "cells.pt", "napari_qlty.train.networks:msdnet",
+                            kwargs, {"window": [32, 32], "axes": "yx", "classes": ["background", "cell"]})
+    image = viewer.add_image(np.random.default_rng(1).integers(0, 200, (60, 50), dtype=np.uint8), name="cells")
+    w = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.image_combo.value, w.model_combo.value = image, MODEL_FILE
+    w.model_path.value = model
+    w.step_edit.value, w.border_edit.value = "24", "4"
+    w.output_edit.value = tmp_path / "out.zarr"
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+    assert w.outcome == "done", w.status.value
+    assert w.probability_layer.name == "out · P(cell)"

@@ -552,13 +552,15 @@ class InferenceWidget(TaskWidget):
         each = None if self._each_time_point else 0
         if store.layout["probabilities"]:
             fg = foreground_channel(store.layout["channels"])
+            classes = store.layout.get("classes") or []  # a model that names its classes
+            what = classes[fg] if fg < len(classes) else f"class {fg}"
             data, multiscale = store_views(store, "probabilities", fg, image=each)
             layer = self.probability_layer
             if layer is not None and layer in self.viewer.layers:
                 layer.data = data
             else:
                 self.probability_layer = self.viewer.add_image(
-                    data, name=f"{name} · P(class {fg})", colormap="magma", blending="additive",
+                    data, name=f"{name} · P({what})", colormap="magma", blending="additive",
                     contrast_limits=(0.0, 1.0), opacity=0.8, multiscale=multiscale, **where,
                 )
                 self._added.append(self.probability_layer)
