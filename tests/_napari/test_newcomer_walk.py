@@ -164,3 +164,33 @@ def test_tiled_inference_names_the_probability_by_the_models_class(viewer, qtbot
     qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
     assert w.outcome == "done", w.status.value
     assert w.probability_layer.name == "out · P(cell)"
+
+
+def test_cancel_pressed_as_the_run_finishes_says_it_is_done(viewer, qtbot, tmp_path):
+    """Cancel pressed when the last region is already written: the result is complete, so
+    the widget says Done (it said "Cancelled after 1 of 1 regions … press Run to resume")."""
+    import torch
+
+    from napari_qlty._napari import register_model, unregister_model
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+    from napari_qlty.io.prediction import Prediction
+
+    image = viewer.add_image(np.random.default_rng(0).integers(0, 255, (12, 30, 26), dtype=np.uint8), name="stack")
+    register_model("conv", torch.nn.Conv3d(1, 2, 3, padding=1))
+    try:
+        w = InferenceWidget(viewer)
+        viewer.window.add_dock_widget(w)
+        w.image_combo.value, w.model_combo.value = image, "conv"
+        w.window_edit.value, w.step_edit.value, w.border_edit.value = "8, 10, 10", "6, 8, 8", "1"
+        w.output_edit.value = tmp_path / "out.zarr"
+        w.run()
+        # the person presses Cancel as the last event ("done") arrives
+        w.worker.yielded.connect(lambda event: w.cancel() if event.kind == "done" else None)
+        qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+        assert w.last_event.kind == "done"
+        assert w.status.value.startswith("Done"), w.status.value
+        assert "resume" not in w.status.value
+        store = Prediction(tmp_path / "out.zarr")
+        assert len(store.finished_regions()) == w.last_event.regions_total
+    finally:
+        unregister_model("conv")

@@ -481,19 +481,22 @@ class InferenceWidget(TaskWidget):
         self.progress.value = event.windows_done + event.regions_done
         if event.kind == "done":
             self._finish_contrast()
-            set_status(
-                self.status,
-                f"Done ({format_duration(event.elapsed)}): {thousands(event.windows_total)} windows "
-                f"in {event.regions_total} region(s), saved to {self.path}"
-                + (f"; the view was ready {format_duration(self.view_ready_s)} after Run"
-                   if self.view_ready_s is not None else "")
-                + (f"\n({event.message})" if "already" in event.message else ""),
-            )
+            self._say_done(event)
             return
         text = self._progress_text(event)
         if self.view_ready_s is not None:
             text += f"\nThe view was ready {format_duration(self.view_ready_s)} after Run; the rest goes on."
         set_status(self.status, text)
+
+    def _say_done(self, event) -> None:
+        set_status(
+            self.status,
+            f"Done ({format_duration(event.elapsed)}): {thousands(event.windows_total)} windows "
+            f"in {event.regions_total} region(s), saved to {self.path}"
+            + (f"; the view was ready {format_duration(self.view_ready_s)} after Run"
+               if self.view_ready_s is not None else "")
+            + (f"\n({event.message})" if "already" in event.message else ""),
+        )
 
     def _view_time(self) -> str:
         return f" ({format_duration(self.view_ready_s)} after Run)" if self.view_ready_s is not None else ""
@@ -605,6 +608,9 @@ class InferenceWidget(TaskWidget):
     def _on_aborted(self) -> None:
         self._close_view()
         e = self.last_event
+        if e is not None and e.kind == "done":  # Cancel came after the last region: it is complete
+            self._say_done(e)
+            return
         done = f" after {e.regions_done} of {e.regions_total} regions" if e is not None else ""
         set_status(
             self.status,
