@@ -86,6 +86,7 @@ def test_train_then_export_for_bioimageio(viewer, sample_layers, tmp_path, qtbot
         assert widget.outcome == "done", widget.status.value
         widget.save_path.value = tmp_path / "model.pt"
         widget.package_button.native.click()
+        qtbot.waitUntil(lambda: widget.package_button.enabled, timeout=WORKER_TIMEOUT_MS)  # it runs in the background
         written = tmp_path / "model.zip"
         assert written.is_file(), widget.status.value
         assert "bioimage.io package" in widget.status.value

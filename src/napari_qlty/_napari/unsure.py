@@ -141,8 +141,9 @@ class UnsureFields:
             self.layer.name = title
             self.layer.contrast_limits = self._limits(store, kind)
         else:
+            # additive over the image: a colormap from black adds nothing where the model is sure
             self.layer = self.viewer.add_image(
-                data, name=title, colormap="viridis", opacity=0.6, blending="additive", visible=True,
+                data, name=title, colormap="green", opacity=0.6, blending="additive", visible=True,
                 contrast_limits=self._limits(store, kind), multiscale=multiscale, **where)
 
     @staticmethod

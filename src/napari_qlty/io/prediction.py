@@ -390,21 +390,38 @@ def explain(stored: dict, now: dict) -> list[str]:
         elif key.startswith("normalisation."):
             if leaf in ("mode", "low", "high"):
                 out.append(f"normalisation {leaf}: stored {old}, now {new}")
+        elif leaf == "uncertainty":  # asked for or not (the kinds follow the model)
+            out.append(f"uncertainty: stored {_on_off(old)}, now {_on_off(new)}")
         else:
             out.append(f"{leaf.replace('_', ' ')}: stored {_plain(old)}, now {_plain(new)}")
     return list(dict.fromkeys(out))
 
 
-def _plain(text: str) -> str:
-    """``[64, 64, 64]`` -> ``64``; ``'gaussian'`` -> ``gaussian``."""
+def _value(text: str):
+    """A value as :func:`formats.differences` wrote it (a Python repr), read back."""
     try:
-        value = json.loads(text.replace("'", '"').replace("None", "null").replace("True", "true")
-                           .replace("False", "false"))
+        return json.loads(text.replace("'", '"').replace("None", "null").replace("True", "true")
+                          .replace("False", "false"))
     except ValueError:
         return text
+
+
+def _plain(text: str) -> str:
+    """``[64, 64, 64]`` -> ``64``; ``[64, 108, 108]`` -> ``64 × 108 × 108`` (as the
+    widgets show sizes); ``'gaussian'`` -> ``gaussian``; ``None`` -> ``none``."""
+    value = _value(text)
     if isinstance(value, list) and value and all(v == value[0] for v in value):
         value = value[0]
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, list):
+        numbers = all(isinstance(v, (int, float)) for v in value)
+        return (" × " if numbers else ", ").join(_plain(json.dumps(v)) for v in value)
+    if value is None or isinstance(value, bool):
+        return json.dumps(value).replace("null", "none")
+    return str(value)
+
+
+def _on_off(text: str) -> str:
+    return "on" if _value(text) else "off"
 
 
 def _torch_dtype(dtype) -> torch.dtype:

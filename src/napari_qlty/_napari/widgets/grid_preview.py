@@ -260,6 +260,9 @@ class GridPreviewWidget(ViewerWidget):
             layer.name = name
             layer.scale = image.scale
             layer.translate = shift
+            layers = self._viewer.layers
+            if layers.index(layer) < layers.index(image):  # an image opened later would hide it
+                layers.move(layers.index(layer), len(layers))
         layer.data = []
         if data:
             layer.add(

@@ -481,19 +481,22 @@ class InferenceWidget(TaskWidget):
         self.progress.value = event.windows_done + event.regions_done
         if event.kind == "done":
             self._finish_contrast()
-            set_status(
-                self.status,
-                f"Done ({format_duration(event.elapsed)}): {thousands(event.windows_total)} windows "
-                f"in {event.regions_total} region(s), saved to {self.path}"
-                + (f"; the view was ready {format_duration(self.view_ready_s)} after Run"
-                   if self.view_ready_s is not None else "")
-                + (f"\n({event.message})" if "already" in event.message else ""),
-            )
+            self._say_done(event)
             return
         text = self._progress_text(event)
         if self.view_ready_s is not None:
             text += f"\nThe view was ready {format_duration(self.view_ready_s)} after Run; the rest goes on."
         set_status(self.status, text)
+
+    def _say_done(self, event) -> None:
+        set_status(
+            self.status,
+            f"Done ({format_duration(event.elapsed)}): {thousands(event.windows_total)} windows "
+            f"in {event.regions_total} region(s), saved to {self.path}"
+            + (f"; the view was ready {format_duration(self.view_ready_s)} after Run"
+               if self.view_ready_s is not None else "")
+            + (f"\n({event.message})" if "already" in event.message else ""),
+        )
 
     def _view_time(self) -> str:
         return f" ({format_duration(self.view_ready_s)} after Run)" if self.view_ready_s is not None else ""
@@ -552,13 +555,15 @@ class InferenceWidget(TaskWidget):
         each = None if self._each_time_point else 0
         if store.layout["probabilities"]:
             fg = foreground_channel(store.layout["channels"])
+            classes = store.layout.get("classes") or []  # a model that names its classes
+            what = classes[fg] if fg < len(classes) else f"class {fg}"
             data, multiscale = store_views(store, "probabilities", fg, image=each)
             layer = self.probability_layer
             if layer is not None and layer in self.viewer.layers:
                 layer.data = data
             else:
                 self.probability_layer = self.viewer.add_image(
-                    data, name=f"{name} · P(class {fg})", colormap="magma", blending="additive",
+                    data, name=f"{name} · P({what})", colormap="magma", blending="additive",
                     contrast_limits=(0.0, 1.0), opacity=0.8, multiscale=multiscale, **where,
                 )
                 self._added.append(self.probability_layer)
@@ -603,6 +608,9 @@ class InferenceWidget(TaskWidget):
     def _on_aborted(self) -> None:
         self._close_view()
         e = self.last_event
+        if e is not None and e.kind == "done":  # Cancel came after the last region: it is complete
+            self._say_done(e)
+            return
         done = f" after {e.regions_done} of {e.regions_total} regions" if e is not None else ""
         set_status(
             self.status,

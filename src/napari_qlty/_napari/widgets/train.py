@@ -323,9 +323,13 @@ class TrainWidget(TaskWidget):
             self._models[key] = (model, self._register(model, r))
         return self._models[key]
 
-    def _register(self, model, r: rounds_io.Round) -> str:
+    def _round_name(self, r: rounds_io.Round) -> str:
+        """A round's name, as Tiled inference lists its model: "tomogram · round 2"."""
         base = r.attrs.get("name") or self.name_edit.value.strip() or "model"
-        name = f"{base} · round {r.number}"
+        return f"{base} · round {r.number}"
+
+    def _register(self, model, r: rounds_io.Round) -> str:
+        name = self._round_name(r)
         taken = registered_models()
         unique, k = name, 2
         while unique in taken:  # a model of another session or folder is never replaced
@@ -712,13 +716,19 @@ class TrainWidget(TaskWidget):
                                        "to'): deepImageJ, ilastik and the Model Zoo's tools run it")
         self.append(self.package_button)
         self.package_button.changed.connect(self.export_package)
+        # validating the package and running its test takes a while: off the GUI thread
+        self._package_task = BackgroundTask(
+            self, self.package_button, on_yield=lambda _: None, on_error=self._package_failed,
+            on_return=lambda path: set_status(
+                self.status, f"Exported '{self._exporting}' to {path}: a bioimage.io package (validated)"),
+        )
+        self._exporting = ""
 
     def export_package(self, *_):
         """Write the trained model as a bioimage.io package beside "save model to" (only a
-        package napari-qlty exported is replaced); its test input is cut from the image."""
+        package napari-qlty exported is replaced); its test input is cut from the image.
+        The export runs in the background; the status says when it is written."""
         from pathlib import Path
-
-        from ...models.bioimageio import export_package
 
         try:
             if self.current_round is None:
@@ -730,16 +740,29 @@ class TrainWidget(TaskWidget):
             if image is None:
                 raise ValueError("choose the image the model was trained on: the package's test input comes from it")
             path = Path(text).expanduser().with_suffix(".zip")
-            set_status(self.status, f"Exporting '{self.model_name}' to {path}…")
+            self._exporting = self.model_name or self._round_name(self.current_round)
             # the round's checkpoint: its recipe (networks, window, classes, normalisation) goes along
-            export_package(self.current_round.model_path, path, self.fields.source(image), name=self.model_name,
-                           overwrite=True)
+            self._package_task.start(_export_package, self.current_round.model_path, path,
+                                     self.fields.source(image), self._exporting)
         except Exception as e:
-            set_status(self.status, f"Could not export the model: {error_text(e)}", error=True)
-            notify_error(e)
+            self._package_failed(e)
             return None
-        set_status(self.status, f"Exported '{self.model_name}' to {path}: a bioimage.io package (validated)")
+        set_status(self.status, f"Exporting round {self.current_round.number} ('{self._exporting}') to {path}: "
+                                "writing the package, validating it and checking it reproduces its test result…")
         return path
+
+    def _package_failed(self, exc) -> None:
+        set_status(self.status, f"Could not export the model: {error_text(exc)}", error=True)
+        notify_error(exc)
+
+
+def _export_package(checkpoint, path, source, name):
+    """The export job (a generator, as background jobs are): returns the package's path."""
+    from ...models.bioimageio import export_package
+
+    yield "exporting"
+    export_package(checkpoint, path, source, name=name, overwrite=True)
+    return path
 
 
 def inference_grid(settings: dict, shape, axes: str):
