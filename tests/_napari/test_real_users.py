@@ -151,8 +151,8 @@ def test_a_model_trained_here_runs_on_a_uint16_volume_and_leaves_the_viewer(view
         inference.model_combo.value = MODEL_FILE
         inference.model_path.value = tmp_path / "model.pt"
         assert "napari-qlty model" in inference.model_hint.value and "percentile" in inference.model_hint.value
-        # the recipe's inference settings, clipped to the image
-        assert (inference.window_edit.value, inference.border_edit.value) == ("32, 64, 48", "10")
+        # the recipe's inference settings, clipped to the image, 16 deep along z (2.5D networks)
+        assert (inference.window_edit.value, inference.border_edit.value) == ("16, 64, 48", "2, 10, 10")
         inference.window_edit.value, inference.step_edit.value, inference.border_edit.value = "32", "16", "8"
         inference.output_edit.value = tmp_path / "out.zarr"
         inference.run()
