@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
+from napari_qlty.core.grid import Grid
 from napari_qlty.core.uncertainty import Spot
 from napari_qlty.data.tomogram import IGNORE, make_tomogram
 from napari_qlty.demo.active import Simulation, choose_spots, first_round, next_round, spots_of
@@ -80,13 +81,13 @@ def test_one_round_of_each_strategy_paints_the_same_budget_at_its_spots(tmp_path
 
 
 def test_choosing_spots():
-    ranked = [Spot(1.0 - k / 10, 0, (0, 4 * k), (4, 4 * k + 4)) for k in range(8)]  # windows 8 wide, step 4
-
-    class Grid8:
-        window = (8, 8)
-
+    grid = Grid((8, 36), window=8, step=4)
+    ranked = [Spot(1.0 - k / 10, 0, (0, 4 * k), (4, 4 * k + 4)) for k in range(8)]  # its windows, in a row
     assert choose_spots("suggested", ranked, 3, np.random.default_rng(0)) == ranked[:3]
-    assert choose_spots("apart", ranked, 3, np.random.default_rng(0), Grid8) == [ranked[0], ranked[2], ranked[4]]
+    assert choose_spots("apart", ranked, 3, np.random.default_rng(0), grid) == [ranked[0], ranked[2], ranked[4]]
+    other_image = [ranked[0], ranked[0]._replace(image=1), ranked[1]]
+    assert choose_spots("apart", other_image, 2, np.random.default_rng(0), grid) == other_image[:2]
+    assert choose_spots("none", ranked, 3, np.random.default_rng(0)) == []
     picks = choose_spots("random", ranked, 4, np.random.default_rng(5))
     assert len(set(picks)) == 4 and set(picks) <= set(ranked)
     assert picks == choose_spots("random", ranked, 4, np.random.default_rng(5))  # the seed decides
