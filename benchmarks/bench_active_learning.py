@@ -45,6 +45,13 @@ SHAPE = (64, 192, 160)
 COLOURS = {"suggested": (214, 96, 20), "apart": (40, 150, 60), "random": (60, 100, 200), "none": (120, 120, 120)}
 
 
+def colour(strategy: str) -> tuple[int, int, int]:
+    """The strategy's colour; a tagged variant's ("suggested (entropy)") darker."""
+    base, _, tag = strategy.partition(" (")
+    rgb = COLOURS.get(base, (0, 0, 0))
+    return tuple(int(c * 0.55) for c in rgb) if tag else rgb
+
+
 def run(args) -> list[dict]:
     import torch
 
@@ -53,6 +60,7 @@ def run(args) -> list[dict]:
     from napari_qlty.demo.active import Simulation, iter_loop
 
     simulation = Simulation(spots=args.spots, filament=args.filament, background=args.background,
+                            clearance=args.clearance,
                             epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, kind=args.kind)
     print(json.dumps({"shape": SHAPE, "annotated": args.annotated, "rounds": args.rounds, "strategies": args.strategies,
                       "simulation": {k: v for k, v in vars(simulation).items() if k not in ("recipe", "overrides")}}),
@@ -64,6 +72,8 @@ def run(args) -> list[dict]:
             t0 = time.perf_counter()
             for record in iter_loop(work, tomo, args.strategies, args.rounds, seed, simulation):
                 record["wall_s"] = round(time.perf_counter() - t0, 1)
+                if args.tag:
+                    record["strategy"] += f" ({args.tag})"
                 line = json.dumps(record)
                 print(line, flush=True)
                 if args.log:
@@ -175,7 +185,7 @@ def figure(rows: list[dict], path: str | Path) -> None:
             draw.text((x - 4, top + ph + 6), str(n), fill=(0, 0, 0), font=font)
         draw.text((x0, 12), f"{metric} F1 (whole volume) against round", fill=(0, 0, 0), font=font)
         for k, x in enumerate(strategies):
-            colour, shift = COLOURS.get(x, (0, 0, 0)), (k - (len(strategies) - 1) / 2) * 5
+            rgb, shift = colour(x), (k - (len(strategies) - 1) / 2) * 5
             points = []
             for n in rounds:
                 if (x, n) not in s:
@@ -183,16 +193,16 @@ def figure(rows: list[dict], path: str | Path) -> None:
                 mean, sd = _mean_sd(s[(x, n)][metric].values())
                 (px, py), (_, ya), (_, yb) = at(n, mean), at(n, mean - sd), at(n, mean + sd)
                 px += shift
-                draw.line((px, ya, px, yb), fill=colour, width=2)
-                draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=colour)
+                draw.line((px, ya, px, yb), fill=rgb, width=2)
+                draw.ellipse((px - 3, py - 3, px + 3, py + 3), fill=rgb)
                 points.append((px, py))
-            draw.line(points, fill=colour, width=2)
+            draw.line(points, fill=rgb, width=2)
     y = top + ph + 34
     x = left
     for k, name in enumerate(strategies):
-        draw.line((x, y + 8, x + 24, y + 8), fill=COLOURS.get(name, (0, 0, 0)), width=3)
+        draw.line((x, y + 8, x + 24, y + 8), fill=colour(name), width=3)
         draw.text((x + 30, y), name, fill=(0, 0, 0), font=font)
-        x += 140
+        x += 40 + int(draw.textlength(name, font=font))
     seeds = sorted({r["seed"] for r in rows if "seed" in r})
     draw.text((left, y + 24), f"mean ± standard deviation over seeds {', '.join(map(str, seeds))}; round 0: "
               "Train on the sparse labels, then each round paints spots and trains more", fill=(0, 0, 0), font=font)
@@ -211,10 +221,13 @@ def main(argv=None) -> int:
     p.add_argument("--spots", type=int, default=5, help="spots painted per round")
     p.add_argument("--filament", type=int, default=12, help="filament voxels painted per spot (at most)")
     p.add_argument("--background", type=int, default=60, help="background voxels painted per spot (at most)")
+    p.add_argument("--clearance", type=int, default=2,
+                   help="voxels background strokes keep from any filament (the sample's annotator: 2)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per network for Train (Train more: a quarter)")
     p.add_argument("--steps-per-epoch", type=int, default=50)
     p.add_argument("--kind", default=None, choices=["windows", "members", "entropy"],
                    help="uncertainty to rank spots by (default: the widget's)")
+    p.add_argument("--tag", default=None, help="a variant's name, added to the strategies' (for --from with others)")
     p.add_argument("--log", default=None, help="also append the JSON lines to this file")
     p.add_argument("--figure", default=None, help="draw the curves into this PNG")
     p.add_argument("--from", dest="source", nargs="+", default=None, help="read JSON lines from these logs instead")

@@ -55,6 +55,9 @@ class Simulation:
     """Filament voxels painted per spot (at most: a spot may hold less filament)."""
     background: int = 60
     """Background voxels painted per spot (at most)."""
+    clearance: int = 2
+    """Voxels background strokes keep from any filament (the sample's annotator: 2; 0:
+    a person who also paints along the filaments' edges)."""
     epochs: int = 4
     steps_per_epoch: int = 50
     """Steps per network: "Train" takes ``epochs`` of them, "Train more" the recipe's
@@ -144,7 +147,7 @@ def paint_spots(truth: np.ndarray, annotations: np.ndarray, spots: list[Spot], g
     strokes. Returns (filament, background) voxels painted per spot."""
     half = min(grid.window[1:]) // 2
     return [paint_spot(truth, annotations, spot.centre, half, rngs(k), filament=simulation.filament,
-                       background=simulation.background, predicted=predicted)
+                       background=simulation.background, predicted=predicted, clearance=simulation.clearance)
             for k, spot in enumerate(spots)]
 
 
