@@ -109,3 +109,31 @@ def test_spots_are_half_windows_overlapping_by_half_within_the_image():
     assert spot_grid((100, 100), 4).window == (8, 8)  # at least 8 voxels
     origins = g.origins()
     assert origins[:, 0].max() + 32 == 64 and len(g) == 3 * 5 * 4  # every voxel covered
+
+
+def test_ranked_spots_are_the_ranked_windows_with_their_centres():
+    from napari_qlty.core.uncertainty import rank_spots, spot_grid
+
+    rng = np.random.default_rng(3)
+    score = torch.from_numpy(rng.random((2, 20, 36, 28)))
+    grid = spot_grid(score.shape[1:], (20, 24, 16))
+    assert grid.window == (10, 12, 8)
+    spots = rank_spots(score, grid, top=len(grid) * 2)
+    assert [tuple(s[:3]) for s in spots] == rank_windows(score, grid, top=len(grid) * 2)
+    assert {(s.image, s.origin) for s in spots} == {(n, tuple(int(v) for v in o)) for n in (0, 1)
+                                                   for o in grid.origins()}  # every window of every image
+    for s in spots:
+        box = tuple(slice(o, o + w) for o, w in zip(s.origin, grid.window))
+        assert s.score == pytest.approx(float(score[(s.image, *box)].mean()))
+        assert s.centre == tuple(o + w // 2 for o, w in zip(s.origin, grid.window))
+        assert all(o <= c < o + w for o, c, w in zip(s.origin, s.centre, grid.window))
+    assert [s.score for s in spots] == sorted((s.score for s in spots), reverse=True)
+
+
+def test_the_default_kind_prefers_the_networks_disagreement():
+    from napari_qlty.core.uncertainty import default_kind
+
+    assert default_kind(kinds(True)) == "members" and default_kind(kinds(False)) == "entropy"
+    assert default_kind(["windows"]) == "windows"
+    with pytest.raises(ValueError, match="no uncertainty"):
+        default_kind([])

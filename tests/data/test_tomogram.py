@@ -291,12 +291,14 @@ def test_small_random_shapes(shape, seed):
 # ----------------------------------------------------------------------------- strokes at a spot
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(z=st.integers(0, 63), y=st.integers(0, 191), x=st.integers(0, 159), half=st.integers(2, 24),
-       seed=st.integers(0, 2**16), corrects=st.booleans())
-def test_strokes_at_a_spot_agree_with_the_truth_and_stay_in_the_box(tomo: Tomogram, z, y, x, half, seed, corrects):
+       seed=st.integers(0, 2**16), corrects=st.booleans(), clearance=st.integers(0, 3))
+def test_strokes_at_a_spot_agree_with_the_truth_and_stay_in_the_box(tomo: Tomogram, z, y, x, half, seed, corrects,
+                                                                    clearance):
     ann = tomo.annotations.copy()
     rng = np.random.default_rng(seed)
     predicted = (rng.random(tomo.labels.shape) < 0.1).astype(np.uint8) if corrects else None
-    fil, bg = sd.paint_spot(tomo.labels, ann, (z, y, x), half, rng, filament=9, background=40, predicted=predicted)
+    fil, bg = sd.paint_spot(tomo.labels, ann, (z, y, x), half, rng, filament=9, background=40, predicted=predicted,
+                            clearance=clearance)
     new = (ann != tomo.annotations)
     assert int(new.sum()) == fil + bg and fil <= 9 and bg <= 40
     where = np.argwhere(new)
@@ -304,7 +306,7 @@ def test_strokes_at_a_spot_agree_with_the_truth_and_stay_in_the_box(tomo: Tomogr
     assert (np.abs(where[:, 1] - y) <= half).all() and (np.abs(where[:, 2] - x) <= half).all()
     assert (tomo.annotations[new] == IGNORE).all()  # only unlabelled voxels were painted
     assert (ann[new] == tomo.labels[new]).all()  # strokes agree with the ground truth
-    near = _dilate(tomo.labels, 2)
+    near = _dilate(tomo.labels, clearance)
     assert not (near & new & (ann == 0)).any()  # background strokes keep clear of filament
     box = tomo.labels[z, max(0, y - half): y + half, max(0, x - half): x + half]
     if (box == 1).sum() >= 9 + (tomo.annotations[z, max(0, y - half): y + half, max(0, x - half): x + half] == 1).sum():
@@ -324,3 +326,23 @@ def test_strokes_correct_what_the_model_gets_wrong_first(tomo: Tomogram):
     assert (predicted[ann == 1] == 0).all()  # the filament strokes over missed filament
     with pytest.raises(ValueError, match="centre"):
         sd.paint_spot(tomo.labels, ann, (64, 0, 0), 4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="clearance"):
+        sd.paint_spot(tomo.labels, ann, (z, y, x), 4, np.random.default_rng(0), clearance=-1)
+
+
+def test_strokes_can_correct_a_filament_drawn_too_thick(tomo: Tomogram):
+    """With no clearance, the background strokes go over false filament right at the edges."""
+    margin = _dilate(tomo.labels, 1) & (tomo.labels == 0)  # one voxel around every filament
+    z = int(np.argmax(margin.sum((1, 2))))
+    ys, xs = np.nonzero(margin[z])
+    y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+    predicted = _dilate(tomo.labels, 1).astype(np.uint8)  # every filament a voxel too thick
+    painted = {}
+    for clearance in (0, 2):
+        ann = np.full_like(tomo.annotations, IGNORE)
+        painted[clearance] = sd.paint_spot(tomo.labels, ann, (z, y, x), 12, np.random.default_rng(1), filament=0,
+                                           background=20, predicted=predicted, clearance=clearance)
+        if clearance == 0:
+            assert painted[0] == (0, 20) and (margin[ann == 0]).all()  # all of it on the too-thick edge
+        else:
+            assert not (margin & (ann == 0)).any()  # the sample's annotator never touches the edge

@@ -6,7 +6,7 @@ probabilities (:mod:`napari_qlty.core.uncertainty`: the overlapping windows'
 disagreement, an ensemble's networks' disagreement, the entropy of the classes).
 :class:`UnsureFields` gives a widget the controls (write it, which kind to show, "Next
 unsure spot") and keeps the two layers; the windows are ranked by their mean
-uncertainty with :func:`~napari_qlty.core.uncertainty.rank_windows`, at a coarse
+uncertainty with :func:`~napari_qlty.core.uncertainty.rank_spots`, at a coarse
 pyramid level when the store has one (the ranking then reads little).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 
 from ..core.grid import Grid
-from ..core.uncertainty import KINDS, rank_windows, spot_grid
+from ..core.uncertainty import KINDS, PREFERRED, Spot, default_kind, rank_spots, spot_grid
 from ._common import store_views
 
 if TYPE_CHECKING:
@@ -29,14 +29,7 @@ if TYPE_CHECKING:
 
 #: how each kind is said in the widgets
 KIND_WORDS = {"windows": "windows disagree", "members": "networks disagree", "entropy": "class entropy"}
-#: shown by default: an ensemble's disagreement where there is one (the windows of the
-#: recipe's settings barely overlap with weight), else the entropy
-PREFERRED = ("members", "entropy", "windows")
 TOP = 20
-
-
-def default_kind(kinds) -> str:
-    return next(k for k in PREFERRED if k in kinds)
 
 
 def ranking_level(store: Prediction, grid: Grid) -> tuple[int, int]:
@@ -52,15 +45,15 @@ def ranking_level(store: Prediction, grid: Grid) -> tuple[int, int]:
     return best
 
 
-def unsure_windows(store: Prediction, kind: str, grid: Grid, top: int = TOP) -> list[tuple[float, int, tuple]]:
+def unsure_windows(store: Prediction, kind: str, grid: Grid, top: int = TOP) -> list[Spot]:
     """The ``top`` windows of ``grid`` with the highest mean ``kind`` uncertainty, best
-    first: (mean, image, window origin in full-resolution voxels of the prediction)."""
+    first (origins and centres in full-resolution voxels of the prediction)."""
     kinds = list(store.layout.get("uncertainty") or ())
     if kind not in kinds:
         raise ValueError(f"the prediction holds no '{KIND_WORDS.get(kind, kind)}' uncertainty")
     level, factor = ranking_level(store, grid)
     score = np.asarray(store.uncertainty(level)[:, kinds.index(kind)], dtype=np.float32)
-    return rank_windows(score, grid, top, scale=factor)
+    return rank_spots(score, grid, top, scale=factor)
 
 
 class UnsureFields:
@@ -91,7 +84,7 @@ class UnsureFields:
         self.next_button.changed.connect(self._on_next)
         self.layer = None
         self.spots_layer = None
-        self.spots: list[tuple[float, int, tuple]] = []
+        self.spots: list[Spot] = []
         self.current = -1
         self._store = None
         self._grid = None
@@ -166,13 +159,11 @@ class UnsureFields:
         self._grid = grid
         grid = spot_grid(grid.shape, grid.window)
         self.spots = unsure_windows(self._store, kind, grid, top)
-        # the voxel at each window's centre: jumping there shows the point on its slice
-        centres = [np.asarray(origin) + np.asarray(grid.window) // 2 for _, _, origin in self.spots]
-        coords = np.asarray([([image] if self._each else []) + list(c)
-                             for (_, image, _), c in zip(self.spots, centres)], dtype=np.float64)
+        coords = np.asarray([([spot.image] if self._each else []) + list(spot.centre) for spot in self.spots],
+                            dtype=np.float64)
         ndim = grid.ndim + (1 if self._each else 0)
         coords = coords.reshape(-1, ndim)
-        features = {"rank": np.arange(1, len(self.spots) + 1), "score": [s for s, _, _ in self.spots]}
+        features = {"rank": np.arange(1, len(self.spots) + 1), "score": [spot.score for spot in self.spots]}
         size = float(min(grid.window))
         name = f"{self._name} · unsure spots"
         if self.spots_layer is not None and self.spots_layer in self.viewer.layers:
@@ -203,7 +194,7 @@ class UnsureFields:
         self.current = (self.current + 1) % len(self.spots)
         go_to(self.viewer, layer, layer.data[self.current])
         layer.selected_data = {self.current}
-        return self.current + 1, self.spots[self.current][0]
+        return self.current + 1, self.spots[self.current].score
 
     def forget(self, event) -> None:
         """A layer was removed from the viewer."""

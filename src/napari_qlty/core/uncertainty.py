@@ -12,7 +12,8 @@ stroke of labels would help most.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +21,19 @@ import torch
 from .grid import Grid
 
 KINDS = ("windows", "members", "entropy")
+#: the kind to rank spots by, first that a prediction holds: an ensemble's disagreement
+#: where there is one (the recipe's inference windows barely overlap with weight), else
+#: the entropy
+PREFERRED = ("members", "entropy", "windows")
+
+
+def default_kind(kinds: Iterable[str]) -> str:
+    """The first of :data:`PREFERRED` among ``kinds``."""
+    kinds = list(kinds)
+    for kind in PREFERRED:
+        if kind in kinds:
+            return kind
+    raise ValueError(f"no uncertainty among {kinds}: the kinds are {', '.join(KINDS)}")
 
 
 def spread_of(model: Callable) -> Callable | None:
@@ -129,3 +143,21 @@ def rank_windows(score: torch.Tensor | np.ndarray, grid: Grid, top: int = 20, *,
     best = torch.argsort(flat, descending=True)[:top]
     per_image = len(origins)
     return [(float(flat[i]), int(i) // per_image, tuple(int(o) for o in origins[int(i) % per_image])) for i in best]
+
+
+class Spot(NamedTuple):
+    """A window of a :func:`spot_grid`, ranked: its mean uncertainty, its image, its origin
+    and the voxel at its centre (where a marker goes: jumping there shows the spot on its
+    slice)."""
+
+    score: float
+    image: int
+    origin: tuple[int, ...]
+    centre: tuple[int, ...]
+
+
+def rank_spots(score: torch.Tensor | np.ndarray, grid: Grid, top: int = 20, *, scale: int = 1) -> list[Spot]:
+    """:func:`rank_windows` of ``grid`` (a :func:`spot_grid`) as :class:`Spot` records, most
+    unsure first."""
+    return [Spot(s, n, origin, tuple(o + w // 2 for o, w in zip(origin, grid.window)))
+            for s, n, origin in rank_windows(score, grid, top, scale=scale)]

@@ -596,6 +596,7 @@ def paint_spot(
     filament: int = 12,
     background: int = 60,
     predicted: np.ndarray | None = None,
+    clearance: int = _STROKE_CLEARANCE,
 ) -> tuple[int, int]:
     """Simulate a person adding strokes at one spot, in place; returns (filament,
     background) voxels painted.
@@ -605,7 +606,9 @@ def paint_spot(
     background are scribbled clear of it, as :func:`make_tomogram`'s annotator paints
     (only on unlabelled voxels). With ``predicted`` labels (0/1, the model's), the person
     corrects what is wrong first: filament strokes start on missed filament, background
-    strokes on false filament, where there is any in the box.
+    strokes on false filament, where there is any in the box. Background strokes keep
+    ``clearance`` voxels (Chebyshev, in 3-D) between them and any filament, as the sample's
+    annotator does (2); 0 lets them run along the filaments' edges.
     """
     z, y, x = (int(c) for c in centre)
     if annotations.shape != labels.shape or not all(0 <= c < n for c, n in zip((z, y, x), labels.shape)):
@@ -613,7 +616,9 @@ def paint_spot(
     box = (z, slice(max(0, y - half), y + half), slice(max(0, x - half), x + half))
     ann2d = annotations[box].copy()
     truth2d = labels[box]
-    allowed = ~_near_filament(labels, 0, z, _STROKE_CLEARANCE)[box[1:]]
+    if not _is_int(clearance) or clearance < 0:
+        raise ValueError(f"clearance must be an integer >= 0; got {clearance!r}")
+    allowed = ~_near_filament(labels, 0, z, int(clearance))[box[1:]]
     fil = bg = 0
     if predicted is not None:  # what is wrong first, then the rest of the budget anywhere
         missed = (truth2d == 1) & (predicted[box] == 0)
