@@ -11,7 +11,7 @@ most unsure ones by the widget's default kind ("suggested", its unsure spots) or
 ones ("random"), and a few strokes are painted at each
 (:func:`~napari_qlty.data.tomogram.paint_spot`, correcting the prediction's mistakes
 first) before the next round. ``benchmarks/bench_active_learning.py`` runs it;
-``docs/training.md`` gives the curve.
+``docs/training.md`` gives the curves.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from ..train.loop import RoundResult, iter_round
 from ..train.metrics import per_class_f1
 from ..train.recipe import DEFAULT_RECIPE, Recipe
 
-__all__ = ["NAMES", "STRATEGIES", "Simulation", "State", "choose_spots", "first_round", "next_round",
-           "paint_spots", "predict", "score"]
+__all__ = ["NAMES", "STRATEGIES", "Simulation", "State", "choose_spots", "first_round", "iter_loop", "next_round",
+           "paint_spots", "predict", "score", "spots_of"]
 
 NAMES = ("background", "filament")
 #: how the spots of a round are chosen: the most unsure (the widget's unsure spots), the
