@@ -20,7 +20,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, PushButton
 
 from ..core.grid import Grid
 from ..core.uncertainty import KINDS, PREFERRED, Spot, default_kind, rank_spots, spot_grid
-from ._common import store_views
+from ._common import error_text, store_views
 
 if TYPE_CHECKING:
     import napari
@@ -179,6 +179,21 @@ class UnsureFields:
                 **self._where)
         self.current = -1
         self.next_button.visible = bool(self.spots)
+
+    def try_rank(self, grid: Grid | None) -> str | None:
+        """:meth:`rank` when there is an uncertainty layer and a grid; what went wrong, in
+        words for the widget's status, when ranking failed (the prediction itself is fine)."""
+        if self.layer is None or grid is None:
+            return None
+        try:
+            self.rank(grid)
+        except Exception as e:  # noqa: BLE001 - said in the widget
+            return f"Could not rank the unsure windows: {error_text(e)}"
+        return None
+
+    def jump_text(self, rank: int, score: float) -> str:
+        """``Unsure spot 2 of 20 (mean networks disagree 0.05)``: where a jump went."""
+        return f"Unsure spot {rank} of {len(self.spots)} (mean {KIND_WORDS[self.kind_combo.value]} {score:.3g})"
 
     def _on_next(self, *_) -> None:
         spot = self.next_spot()

@@ -64,8 +64,8 @@ from .._qt.tasks import BackgroundTask, TaskWidget
 from .._registry import REGISTRY
 from ..fields import GridFields
 from ..package_fields import PackageChoice
-from ..screen_view import ScreenView, ViewProgress, view_is_empty, view_region
-from ..unsure import KIND_WORDS, UnsureFields
+from ..screen_view import ScreenView, ViewProgress, view_region
+from ..unsure import UnsureFields
 
 if TYPE_CHECKING:
     import napari
@@ -519,16 +519,12 @@ class InferenceWidget(TaskWidget):
 
     def _rank_unsure(self) -> None:
         """List the most unsure windows of the result (when it holds uncertainty)."""
-        if self.unsure.layer is None or self._grid is None:
-            return
-        try:
-            self.unsure.rank(self._grid)
-        except Exception as e:  # noqa: BLE001 - said in the widget; the prediction itself is fine
-            set_status(self.status, f"Could not rank the unsure windows: {error_text(e)}", error=True)
+        problem = self.unsure.try_rank(self._grid)
+        if problem:
+            set_status(self.status, problem, error=True)
 
     def _on_jump(self, rank: int, score: float) -> None:
-        set_status(self.status, f"Unsure spot {rank} of {len(self.unsure.spots)} (mean "
-                                f"{KIND_WORDS[self.unsure.kind_combo.value]} {score:.3g}): label here next")
+        set_status(self.status, f"{self.unsure.jump_text(rank, score)}: label here next")
 
     def _progress_text(self, event) -> str:
         text = (

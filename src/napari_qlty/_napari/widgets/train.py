@@ -58,7 +58,7 @@ from .._qt.tasks import BackgroundTask, TaskWidget
 from .._registry import register_model, registered_models
 from ..fields import GridFields
 from ..screen_view import ScreenView, ViewProgress, view_region
-from ..unsure import KIND_WORDS, UnsureFields
+from ..unsure import UnsureFields
 
 if TYPE_CHECKING:
     import napari
@@ -534,17 +534,12 @@ class TrainWidget(TaskWidget):
         return f"\nPrediction in view {format_duration(self.view_latency_s)} after the round was saved"
 
     def _rank_unsure(self) -> None:
-        if self.unsure.layer is None or getattr(self, "_rank_grid", None) is None:
-            return
-        try:
-            self.unsure.rank(self._rank_grid)
-        except Exception as e:  # noqa: BLE001 - said in the widget; the prediction itself is fine
-            set_status(self.status, f"Could not rank the unsure windows: {error_text(e)}", error=True)
+        problem = self.unsure.try_rank(getattr(self, "_rank_grid", None))
+        if problem:
+            set_status(self.status, problem, error=True)
 
     def _on_jump(self, rank: int, score: float) -> None:
-        set_status(self.status, f"Unsure spot {rank} of {len(self.unsure.spots)} (mean "
-                                f"{KIND_WORDS[self.unsure.kind_combo.value]} {score:.3g}): paint a few strokes here, "
-                                "then press Train more")
+        set_status(self.status, f"{self.unsure.jump_text(rank, score)}: paint a few strokes here, then press Train more")
 
     def _on_train_event(self, event) -> None:
         self.last_event = event
