@@ -4,8 +4,32 @@ each test is one thing that looked wrong on screen, and stays right."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 TIMEOUT_MS = 90_000
+
+
+@pytest.fixture
+def conv_inference(viewer, tmp_path):
+    """Tiled inference set up on a uint8 stack with a registered conv, ready to Run into
+    ``tmp_path / "out.zarr"``."""
+    import torch
+
+    from napari_qlty._napari import register_model, unregister_model
+    from napari_qlty._napari.widgets.inference import InferenceWidget
+
+    image = viewer.add_image(np.random.default_rng(0).integers(0, 255, (12, 30, 26), dtype=np.uint8), name="stack")
+    torch.manual_seed(0)
+    register_model("conv", torch.nn.Conv3d(1, 2, 3, padding=1))
+    try:
+        w = InferenceWidget(viewer)
+        viewer.window.add_dock_widget(w)
+        w.image_combo.value, w.model_combo.value = image, "conv"
+        w.window_edit.value, w.step_edit.value, w.border_edit.value = "8, 10, 10", "6, 8, 8", "1"
+        w.output_edit.value = tmp_path / "out.zarr"
+        yield w
+    finally:
+        unregister_model("conv")
 
 
 def test_grid_preview_draws_over_an_image_added_after_it(viewer, qtbot):
@@ -30,39 +54,24 @@ def test_grid_preview_draws_over_an_image_added_after_it(viewer, qtbot):
     assert first in viewer.layers
 
 
-def test_other_parameters_are_said_in_the_widgets_words(viewer, qtbot, tmp_path):
+def test_other_parameters_are_said_in_the_widgets_words(conv_inference, qtbot):
     """Running into a prediction made with other parameters names what differs as the
     fields show it ("step: stored 6 × 5 × 5, now 4"; "uncertainty: stored off, now on"):
     no Python lists, None or quotes. The folder is left as it was."""
-    import torch
-
-    from napari_qlty._napari import register_model, unregister_model
-    from napari_qlty._napari.widgets.inference import InferenceWidget
-
-    image = viewer.add_image(np.random.default_rng(0).integers(0, 255, (12, 30, 26), dtype=np.uint8), name="stack")
-    torch.manual_seed(0)
-    register_model("conv", torch.nn.Conv3d(1, 2, 3, padding=1))
-    try:
-        w = InferenceWidget(viewer)
-        viewer.window.add_dock_widget(w)
-        w.image_combo.value, w.model_combo.value = image, "conv"
-        w.window_edit.value, w.step_edit.value, w.border_edit.value = "8, 10, 10", "6, 8, 8", "1"
-        w.output_edit.value = tmp_path / "out.zarr"
-        w.run()
-        qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
-        assert w.outcome == "done", w.status.value
-        w.step_edit.value = "4"
-        w.unsure.check.value = True
-        w.run()
-        qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
-        message = w.status.value
-        assert w.outcome == "error", message
-        assert "step: stored 6 × 8 × 8, now 4" in message
-        assert "uncertainty: stored off, now on" in message
-        for python in ("[", "None", "'"):
-            assert python not in message, message
-    finally:
-        unregister_model("conv")
+    w = conv_inference
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+    assert w.outcome == "done", w.status.value
+    w.step_edit.value = "4"
+    w.unsure.check.value = True
+    w.run()
+    qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+    message = w.status.value
+    assert w.outcome == "error", message
+    assert "step: stored 6 × 8 × 8, now 4" in message
+    assert "uncertainty: stored off, now on" in message
+    for python in ("[", "None", "'"):
+        assert python not in message, message
 
 
 def test_export_for_bioimageio_runs_in_the_background_and_names_the_round(viewer, sample_layers, tmp_path, qtbot):
@@ -166,31 +175,18 @@ def test_tiled_inference_names_the_probability_by_the_models_class(viewer, qtbot
     assert w.probability_layer.name == "out · P(cell)"
 
 
-def test_cancel_pressed_as_the_run_finishes_says_it_is_done(viewer, qtbot, tmp_path):
+def test_cancel_pressed_as_the_run_finishes_says_it_is_done(conv_inference, qtbot, tmp_path):
     """Cancel pressed when the last region is already written: the result is complete, so
     the widget says Done (it said "Cancelled after 1 of 1 regions … press Run to resume")."""
-    import torch
-
-    from napari_qlty._napari import register_model, unregister_model
-    from napari_qlty._napari.widgets.inference import InferenceWidget
     from napari_qlty.io.prediction import Prediction
 
-    image = viewer.add_image(np.random.default_rng(0).integers(0, 255, (12, 30, 26), dtype=np.uint8), name="stack")
-    register_model("conv", torch.nn.Conv3d(1, 2, 3, padding=1))
-    try:
-        w = InferenceWidget(viewer)
-        viewer.window.add_dock_widget(w)
-        w.image_combo.value, w.model_combo.value = image, "conv"
-        w.window_edit.value, w.step_edit.value, w.border_edit.value = "8, 10, 10", "6, 8, 8", "1"
-        w.output_edit.value = tmp_path / "out.zarr"
-        w.run()
-        # the person presses Cancel as the last event ("done") arrives
-        w.worker.yielded.connect(lambda event: w.cancel() if event.kind == "done" else None)
-        qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
-        assert w.last_event.kind == "done"
-        assert w.status.value.startswith("Done"), w.status.value
-        assert "resume" not in w.status.value
-        store = Prediction(tmp_path / "out.zarr")
-        assert len(store.finished_regions()) == w.last_event.regions_total
-    finally:
-        unregister_model("conv")
+    w = conv_inference
+    w.run()
+    # the person presses Cancel as the last event ("done") arrives
+    w.worker.yielded.connect(lambda event: w.cancel() if event.kind == "done" else None)
+    qtbot.waitUntil(lambda: not w.running, timeout=TIMEOUT_MS)
+    assert w.last_event.kind == "done"
+    assert w.status.value.startswith("Done"), w.status.value
+    assert "resume" not in w.status.value
+    store = Prediction(tmp_path / "out.zarr")
+    assert len(store.finished_regions()) == w.last_event.regions_total
